@@ -1,0 +1,212 @@
+"""Config schemas (registered in Hydra's ConfigStore) and the range checks that turn user mistakes into one line.
+
+Hydra checks types when it merges the YAML and command line into these dataclasses; `validate` checks ranges
+and paths, naming the setting and what to do, before any work starts.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from hybridsweep.errors import UserError
+
+TASKS = ("prune", "evaluate", "train_baseline", "latency")
+ORDERS = ("layer_first", "channel_first")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet56"
+    weights: str | None = None  # a state-dict path, "reference", or null (train a baseline once, cached)
+    width_mult: float = 1.0  # MobileNetV2 only
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar100"  # cifar100 | cifar10 | imagefolder
+    root: str | None = None  # local copy (folder or .tar.gz for imagefolder); null downloads to the cache
+    download: bool = True
+    stats: Any = "auto"  # auto | cifar10 | cifar100 | {mean: [...], std: [...]}
+    train_subset: int | None = None
+    test_subset: int | None = None
+    calibration_size: int = 256  # images for criteria that need data (fmrank, taylor)
+
+
+@dataclass
+class TrainConfig:
+    """One SGD recipe, used for fine-tuning after pruning and for training a baseline from scratch."""
+
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many SGD steps in total (quick checks)
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    distill: float = 0.0  # weight of knowledge distillation from the unpruned model, in [0, 1]
+    temperature: float = 4.0
+    channels_last: bool = True
+    amp: bool = True  # bfloat16 autocast, CUDA only
+
+
+@dataclass
+class CriterionConfig:
+    name: str = MISSING  # a key of hybridsweep.pruning.criteria.CRITERIA; its file in conf/criterion/ says what it does
+
+
+@dataclass
+class BudgetConfig:
+    flops: float | None = None  # fraction of the baseline's FLOPs to keep; null: use the explicit ratios
+
+
+@dataclass
+class LayerConfig:
+    score_norm: str = "stage"  # stage: block scores normalised within their stage | none: the paper's raw mean
+
+
+@dataclass
+class PruneConfig:
+    iterative_steps: int = 1
+    round_to: int | None = None  # keep channel counts multiples of this (8 suits most kernels)
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = "~/.cache/hybridsweep"
+    output_dir: str = "."
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "hybridsweep"
+    enabled: bool = True
+
+
+@dataclass
+class Config:
+    task: str = "prune"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    channel_ratio: float = 0.0
+    layer_ratio: float = 0.0
+    order: str = "layer_first"
+    depth_share: float = 0.5
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    layer: LayerConfig = field(default_factory=LayerConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    finetune: TrainConfig = field(default_factory=TrainConfig)
+    baseline: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=200, lr=0.1, batch_size=128, distill=0.0)
+    )
+    criterion: Any = None
+    latency: Any = field(default_factory=lambda: {"backend": "cpu"})
+    search: Any = field(default_factory=lambda: {"sampler": "none"})
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="criterion", name="base_criterion", node=CriterionConfig)
+
+
+def _in_unit_interval(name: str, value: float, closed_right: bool = False) -> None:
+    ok = 0.0 <= value <= 1.0 if closed_right else 0.0 <= value < 1.0
+    if not ok:
+        interval = "[0, 1]" if closed_right else "[0, 1)"
+        raise UserError(f"{name}={value} is out of range: it must lie in {interval}")
+
+
+def _positive(name: str, value: int | None, allow_zero: bool = False, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise UserError(f"{name}={value} is invalid: it must be an integer {bound}")
+
+
+def _check_train(prefix: str, t: DictConfig, allow_zero_epochs: bool) -> None:
+    _positive(f"{prefix}.epochs", t.epochs, allow_zero=allow_zero_epochs)
+    _positive(f"{prefix}.max_steps", t.max_steps, allow_none=True)
+    _positive(f"{prefix}.batch_size", t.batch_size)
+    _positive(f"{prefix}.eval_batch_size", t.eval_batch_size)
+    if not t.lr > 0:
+        raise UserError(f"{prefix}.lr={t.lr} is invalid: the learning rate must be > 0")
+    _in_unit_interval(f"{prefix}.distill", t.distill, closed_right=True)
+
+
+def criterion_choices() -> list[str]:
+    from hybridsweep.pruning.criteria import CRITERIA
+
+    return CRITERIA.names()
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check ranges, choices and paths; raise UserError with a one-line message on the first problem."""
+    if cfg.task not in TASKS:
+        raise UserError(f"task={cfg.task} is unknown; choose one of: {', '.join(TASKS)}")
+    if cfg.order not in ORDERS:
+        raise UserError(f"order={cfg.order} is unknown; choose one of: {', '.join(ORDERS)}")
+    _in_unit_interval("channel_ratio", cfg.channel_ratio)
+    _in_unit_interval("layer_ratio", cfg.layer_ratio)
+    _in_unit_interval("depth_share", cfg.depth_share, closed_right=True)
+    if cfg.budget.flops is not None and not 0.0 < cfg.budget.flops <= 1.0:
+        raise UserError(
+            f"budget.flops={cfg.budget.flops} is out of range: it is the fraction of the baseline's FLOPs "
+            "to keep, in (0, 1]"
+        )
+    if cfg.layer.score_norm not in ("stage", "none"):
+        raise UserError(f"layer.score_norm={cfg.layer.score_norm} is unknown; choose stage or none")
+    _positive("prune.iterative_steps", cfg.prune.iterative_steps)
+    _positive("prune.round_to", cfg.prune.round_to, allow_none=True)
+    _check_train("finetune", cfg.finetune, allow_zero_epochs=True)
+    _check_train("baseline", cfg.baseline, allow_zero_epochs=False)
+    _positive("data.train_subset", cfg.data.train_subset, allow_none=True)
+    _positive("data.test_subset", cfg.data.test_subset, allow_none=True)
+    _positive("data.calibration_size", cfg.data.calibration_size)
+    weights = cfg.model.weights
+    if weights not in (None, "reference") and not Path(weights).expanduser().is_file():
+        raise UserError(
+            f"model.weights={weights}: no such file; pass a state-dict path, model.weights=reference, "
+            "or model.weights=null to train a baseline"
+        )
+    if cfg.data.root is not None and not Path(cfg.data.root).expanduser().exists():
+        raise UserError(f"data.root={cfg.data.root}: no such file or folder; point it at a local copy")
+    if cfg.data.name == "imagefolder" and cfg.data.root is None:
+        raise UserError("data=imagefolder needs data.root=DIR (a train/<class>/, test/<class>/ tree or its .tar.gz)")
+    if cfg.task == "prune" or cfg.criterion is not None:
+        _check_criterion(cfg)
+
+
+def _check_criterion(cfg: DictConfig) -> None:
+    choices = ", ".join(criterion_choices())
+    if cfg.criterion is None:
+        raise UserError(f"no pruning criterion chosen: add +criterion=NAME, one of: {choices}")
+    name = cfg.criterion.get("name")
+    if name not in criterion_choices():
+        raise UserError(f"criterion={name} is unknown; choose one of: {choices}")
+
+
+def to_plain(cfg: DictConfig | ListConfig) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def check_group_choices(overrides: list[str], conf: Path) -> None:
+    """Reject `group=option` overrides naming no file in conf/<group>/, in one line instead of Hydra's page."""
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        group = key.lstrip("+~")
+        if not sep or arg.startswith("-") or "." in group or not (conf / group).is_dir():
+            continue
+        choices = sorted(p.stem for p in (conf / group).glob("*.yaml") if not p.stem.startswith("base_"))
+        for option in value.split(","):
+            if option and option not in choices:
+                raise UserError(f"{group}={option} is unknown; choose one of: {', '.join(choices)}")

@@ -1,0 +1,66 @@
+"""PyTorch eager on a CUDA GPU, timed with CUDA events on a dedicated stream."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hybridsweep.errors import UserError
+from hybridsweep.metrics.latency.result import LatencyResult, invalid
+from hybridsweep.metrics.latency.timing import TimedBackend, cuda_events, inference_copy, random_input
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def require_cuda(backend: str) -> None:
+    if not torch.cuda.is_available():
+        raise UserError(
+            f"latency={backend} needs a CUDA GPU, and torch sees none (torch.cuda.is_available() is False); "
+            "choose latency=cpu or latency=onnxruntime, or run on a machine with an NVIDIA GPU"
+        )
+
+
+def check_cuda_device(value: str) -> None:
+    try:
+        on_gpu = torch.device(value).type == "cuda"
+    except RuntimeError:
+        on_gpu = False
+    if not on_gpu:
+        raise invalid("device", value, "use cuda or cuda:<index>")
+
+
+@dataclass(frozen=True)
+class CudaLatency(TimedBackend):
+    name = "cuda"
+    device: str = "cuda"
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_cuda_device(self.device)
+        if self.precision not in PRECISIONS:
+            raise invalid("precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
+
+    def measure(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> LatencyResult:
+        require_cuda(self.name)
+        device = torch.device(self.device)
+        dtype = PRECISIONS[self.precision]
+        net = inference_copy(model, device, dtype)
+        batch = random_input(self.batch_shape(input_shape), device, dtype)
+        stream = torch.cuda.Stream(device)
+
+        def run() -> None:
+            with torch.cuda.stream(stream):
+                net(batch)
+
+        torch.cuda.synchronize(device)
+        with torch.inference_mode():
+            return self.timed(
+                cuda_events(run, stream),
+                device=torch.cuda.get_device_name(device),
+                facts={
+                    "precision": self.precision,
+                    "torch": torch.__version__,
+                    "cuda": str(torch.version.cuda),
+                },
+            )

@@ -1,0 +1,43 @@
+"""Width pruning through Torch-Pruning's dependency graph: real tensor surgery with coupled channels handled.
+
+The classifier is never pruned. Channel choice comes from cached scores (`ScoreImportance`); every removal is
+recorded in the `ChannelOrigin`, so later steps and depth pruning still find each channel's baseline score.
+"""
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from hybridsweep.pruning.criteria import ChannelOrigin, ScoreImportance, Scores
+
+
+def prune_channels(
+    model: nn.Module,
+    ratio: float,
+    scores: Scores,
+    origin: ChannelOrigin,
+    *,
+    round_to: int | None = None,
+    iterative_steps: int = 1,
+    input_shape: tuple[int, ...] = (1, 3, 32, 32),
+) -> None:
+    """Remove `ratio` of every prunable layer's channels, in `iterative_steps` equal steps."""
+    if ratio <= 0:
+        return
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # the tracing forward pass must not update BatchNorm statistics
+    pruner = tp.pruner.BasePruner(
+        model,
+        torch.zeros(input_shape, device=device),
+        importance=ScoreImportance(scores, origin),
+        pruning_ratio=ratio,
+        iterative_steps=iterative_steps,
+        ignored_layers=[m for m in model.modules() if isinstance(m, nn.Linear)],
+        round_to=round_to,
+    )
+    for _ in range(iterative_steps):
+        for group in pruner.step(interactive=True):
+            origin.record(group)
+            group.prune()
+    model.train(was_training)

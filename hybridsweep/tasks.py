@@ -1,0 +1,84 @@
+"""The jobs `python -m hybridsweep task=...` runs, each a small function over the composed config."""
+
+import copy
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from hybridsweep.config import to_plain
+from hybridsweep.train import resolve_device
+from hybridsweep.workbench import Workbench
+
+_WORKBENCHES: dict[str, Workbench] = {}
+
+
+def workbench(cfg) -> Workbench:
+    """One per cache folder and process: a multirun's jobs share decoded data, baseline and scores in memory."""
+    root = str(Path(cfg.paths.cache_dir).expanduser())
+    return _WORKBENCHES.setdefault(root, Workbench(root))
+
+
+def _output_dir(cfg) -> Path:
+    try:
+        return Path(cfg.paths.output_dir)
+    except Exception:  # composed without Hydra's runtime (tests, Compose API): write under the cwd
+        return Path("outputs")
+
+
+def evaluate_baseline(cfg: DictConfig) -> dict:
+    bench = workbench(cfg)
+    device = resolve_device(cfg.device)
+    ds = bench.dataset(cfg)
+    base = bench.baseline(cfg, ds, device)
+    acc = bench.baseline_accuracy(cfg, ds, base, device)
+    print(
+        f"{cfg.model.name} on {cfg.data.name}: top-1 {acc.top1:.2f}%  top-5 {acc.top5:.2f}%  "
+        f"({acc.images} test images, device {device})"
+    )
+    return {"top1": acc.top1, "top5": acc.top5}
+
+
+def prune(cfg: DictConfig) -> dict:
+    from hybridsweep.trial import run_trial
+
+    result = run_trial(cfg, workbench(cfg), _output_dir(cfg))
+    m = result.metrics
+    latency_key = next(k for k in m if k.startswith("latency/") and k.endswith("/median_ms"))
+    print(
+        f"plan: {result.plan.blocks} blocks removed ({', '.join(result.plan.removed_blocks) or 'none'}), "
+        f"channel ratio {result.plan.channel_ratio:.3f}, order {result.plan.order}\n"
+        f"top-1 {m['baseline/top1']:.2f}% -> pruned {m['pruned/top1']:.2f}% -> fine-tuned {m['finetuned/top1']:.2f}%\n"
+        f"params {m['params']:,} (-{m['params_reduction_pct']:.1f}%)  FLOPs {m['flops']:,} "
+        f"(-{m['flops_reduction_pct']:.1f}%)  {latency_key} {m[latency_key]:.3f}\n"
+        f"pruned model: {result.output_dir}  MLflow run: {result.run_id or 'tracking disabled'} "
+        f"(browse with: make ui)"
+    )
+    return m
+
+
+def latency(cfg: DictConfig) -> dict:
+    from hybridsweep.baseline import build_architecture
+    from hybridsweep.metrics.latency import measure_latency
+
+    num_classes = 10 if cfg.data.name == "cifar10" else 100
+    model = build_architecture(cfg.model, num_classes).eval()
+    settings = {k: v for k, v in to_plain(cfg.latency).items() if k != "backend"}
+    result = measure_latency(model, cfg.latency.backend, input_shape=(3, 32, 32), **settings)
+    print(
+        f"{cfg.model.name} latency ({result.source}, {result.backend} on {result.device}, batch {result.batch_size}): "
+        f"median {result.median_ms:.3f} ms  p90 {result.p90_ms:.3f} ms  over {result.runs} runs"
+    )
+    return result.as_metrics()
+
+
+def train_baseline(cfg: DictConfig) -> dict:
+    return evaluate_baseline(cfg)
+
+
+TASKS = {"prune": prune, "evaluate": evaluate_baseline, "train_baseline": train_baseline, "latency": latency}
+
+
+def run_task(cfg: DictConfig):
+    torch.manual_seed(cfg.seed)
+    return TASKS[cfg.task](copy.deepcopy(cfg))

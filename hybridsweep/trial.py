@@ -1,0 +1,138 @@
+"""One pruning trial end to end: baseline -> scores -> plan -> prune -> count -> fine-tune -> evaluate ->
+latency -> artefacts, all logged to one MLflow run. A search calls the same function for every trial.
+"""
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from hybridsweep.artifacts import save_pruned
+from hybridsweep.config import to_plain
+from hybridsweep.export import export_onnx
+from hybridsweep.metrics.complexity import count
+from hybridsweep.metrics.latency import measure_latency
+from hybridsweep.pruning.plan import BUDGET_TOLERANCE, PrunePlan, apply_plan, plan_from_ratios, solve_budget
+from hybridsweep.tracking import git_commit, trial_run
+from hybridsweep.train import evaluate, fit, resolve_device
+from hybridsweep.workbench import Workbench
+
+INPUT_SHAPE = (3, 32, 32)
+
+
+@dataclass
+class TrialResult:
+    plan: PrunePlan
+    metrics: dict[str, float]
+    output_dir: Path
+    run_id: str | None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def trial_params(cfg) -> dict:
+    return {
+        "criterion": cfg.criterion.name,
+        "order": cfg.order,
+        "channel_ratio": cfg.channel_ratio,
+        "layer_ratio": cfg.layer_ratio,
+        "budget_flops": cfg.budget.flops,
+        "depth_share": cfg.depth_share,
+        "score_norm": cfg.layer.score_norm,
+        "round_to": cfg.prune.round_to,
+        "iterative_steps": cfg.prune.iterative_steps,
+        "seed": cfg.seed,
+        "model": cfg.model.name,
+        "weights": cfg.model.weights,
+        "data": cfg.data.name,
+        "data_root": cfg.data.root,
+        "train_subset": cfg.data.train_subset,
+        "test_subset": cfg.data.test_subset,
+        "finetune_epochs": cfg.finetune.epochs,
+        "finetune_max_steps": cfg.finetune.max_steps,
+        "finetune_lr": cfg.finetune.lr,
+        "distill": cfg.finetune.distill,
+        "latency_backend": cfg.latency.backend,
+        "git_commit": git_commit(),
+    }
+
+
+def _prune(cfg, model, scores) -> tuple[torch.nn.Module, PrunePlan, dict]:
+    options = {
+        "order": cfg.order,
+        "score_norm": cfg.layer.score_norm,
+        "round_to": cfg.prune.round_to,
+        "iterative_steps": cfg.prune.iterative_steps,
+    }
+    if cfg.budget.flops is None:
+        plan = plan_from_ratios(model, cfg.channel_ratio, cfg.layer_ratio, **options)
+        return model, apply_plan(model, plan, scores, (1, *INPUT_SHAPE)), {}
+    solved = solve_budget(model, scores, cfg.budget.flops, cfg.depth_share, (1, *INPUT_SHAPE), **options)
+    error = 100.0 * (solved.macs / solved.target_macs - 1)
+    if abs(error) > 100 * BUDGET_TOLERANCE:
+        print(f"warning: the closest plan found is {error:+.2f}% off budget.flops={cfg.budget.flops}")
+    return solved.model, solved.plan, {"budget/flops_error_pct": error, "budget/solver_evaluations": solved.evaluations}
+
+
+def run_trial(cfg, workbench: Workbench, output_dir: Path, run_name: str | None = None) -> TrialResult:
+    device = resolve_device(cfg.device)
+    ds = workbench.dataset(cfg)
+    base = workbench.baseline(cfg, ds, device)
+    tags = {"hybridsweep.kind": "trial"}
+    with trial_run(cfg.tracking, run_name or f"{cfg.criterion.name}-{cfg.model.name}", tags) as log:
+        log.params(trial_params(cfg))
+        log.dict(OmegaConf.to_container(cfg, resolve=False), "config.yaml")
+        metrics: dict[str, float] = {}
+        baseline_complexity = count(base.model, (1, *INPUT_SHAPE))
+        before = workbench.baseline_accuracy(cfg, ds, base, device)
+
+        start = time.perf_counter()
+        scores = workbench.scores(cfg, ds, base)
+        metrics["time/score_s"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        model = copy.deepcopy(base.model).cpu().to(memory_format=torch.contiguous_format)
+        model, plan, budget_metrics = _prune(cfg, model, scores)
+        metrics["time/prune_s"] = time.perf_counter() - start
+        complexity = count(model, (1, *INPUT_SHAPE))
+        log.params({"blocks_removed": plan.blocks, "removed_blocks": ",".join(plan.removed_blocks) or "none",
+                    "solved_channel_ratio": round(plan.channel_ratio, 6)})
+
+        eval_kw = {"device": device, "batch_size": cfg.finetune.eval_batch_size}
+        pruned = evaluate(model, ds, desc="evaluate pruned", **eval_kw)
+        teacher = copy.deepcopy(base.model) if cfg.finetune.distill > 0 else None
+        stats = fit(model, ds, cfg.finetune, device=device, seed=cfg.seed, teacher=teacher)
+        tuned = evaluate(model, ds, desc="evaluate fine-tuned", **eval_kw)
+
+        model = model.cpu().to(memory_format=torch.contiguous_format).eval()
+        settings = {k: v for k, v in to_plain(cfg.latency).items() if k != "backend"}
+        latency = measure_latency(model, cfg.latency.backend, input_shape=INPUT_SHAPE, **settings)
+
+        metrics |= {
+            "baseline/top1": before.top1,
+            "baseline/top5": before.top5,
+            "pruned/top1": pruned.top1,
+            "pruned/top5": pruned.top5,
+            "finetuned/top1": tuned.top1,
+            "finetuned/top5": tuned.top5,
+            "top1_drop": before.top1 - tuned.top1,
+            **{f"baseline/{k}": v for k, v in baseline_complexity.as_metrics().items()},
+            **complexity.as_metrics(),
+            **complexity.reductions(baseline_complexity),
+            **budget_metrics,
+            "finetune/steps": stats.steps,
+            "finetune/seconds": stats.seconds,
+            "finetune/images_per_s": stats.images_per_second,
+            **latency.as_metrics(),
+        }
+        log.metrics(metrics)
+        log.tags(latency.as_tags())
+
+        folder = output_dir / "pruned"
+        meta = {"model": cfg.model.name, "data": cfg.data.name, "num_classes": len(ds.classes)}
+        for path in save_pruned(model, plan, folder, meta):
+            log.artifact(path, "model")
+        log.artifact(export_onnx(model, folder / "model.onnx", input_shape=(1, *INPUT_SHAPE)), "model")
+        return TrialResult(plan=plan, metrics=metrics, output_dir=folder, run_id=log.run_id, tags=latency.as_tags())
