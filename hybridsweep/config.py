@@ -72,6 +72,7 @@ class LayerConfig:
 class PruneConfig:
     iterative_steps: int = 1
     round_to: int | None = None  # keep channel counts multiples of this (8 suits most kernels)
+    scope: str = "local"  # local: channel_ratio of every layer | global: of all channels, lowest scores first
 
 
 @dataclass
@@ -165,6 +166,8 @@ def validate(cfg: DictConfig) -> None:
         )
     if cfg.layer.score_norm not in ("stage", "none"):
         raise UserError(f"layer.score_norm={cfg.layer.score_norm} is unknown; choose stage or none")
+    if cfg.prune.scope not in ("local", "global"):
+        raise UserError(f"prune.scope={cfg.prune.scope} is unknown; choose local or global")
     _positive("prune.iterative_steps", cfg.prune.iterative_steps)
     _positive("prune.round_to", cfg.prune.round_to, allow_none=True)
     _check_train("finetune", cfg.finetune, allow_zero_epochs=True)

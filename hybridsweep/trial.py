@@ -43,6 +43,7 @@ def trial_params(cfg) -> dict:
         "score_norm": cfg.layer.score_norm,
         "round_to": cfg.prune.round_to,
         "iterative_steps": cfg.prune.iterative_steps,
+        "scope": cfg.prune.scope,
         "seed": cfg.seed,
         "model": cfg.model.name,
         "weights": cfg.model.weights,
@@ -65,6 +66,7 @@ def _prune(cfg, model, scores) -> tuple[torch.nn.Module, PrunePlan, dict]:
         "score_norm": cfg.layer.score_norm,
         "round_to": cfg.prune.round_to,
         "iterative_steps": cfg.prune.iterative_steps,
+        "scope": cfg.prune.scope,
     }
     if cfg.budget.flops is None:
         plan = plan_from_ratios(model, cfg.channel_ratio, cfg.layer_ratio, **options)
@@ -98,7 +100,7 @@ def run_trial(cfg, workbench: Workbench, output_dir: Path, run_name: str | None 
         metrics["time/prune_s"] = time.perf_counter() - start
         complexity = count(model, (1, *INPUT_SHAPE))
         log.params({"blocks_removed": plan.blocks, "removed_blocks": ",".join(plan.removed_blocks) or "none",
-                    "solved_channel_ratio": round(plan.channel_ratio, 6)})
+                    "solved_channel_ratio": round(plan.channel_ratio, 6), "solved_scope": plan.scope})
 
         eval_kw = {"device": device, "batch_size": cfg.finetune.eval_batch_size}
         pruned = evaluate(model, ds, desc="evaluate pruned", **eval_kw)

@@ -6,11 +6,10 @@ are computed during that one build and cached with the images.
 """
 
 import os
-import shutil
+import posixpath
 import tarfile
-import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -158,8 +157,15 @@ def _channel_stats(x: Tensor) -> tuple[list[float], list[float]]:
 
 def _entry(classes: list[str], train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor) -> dict:
     mean, std = _channel_stats(train_x)
-    return {"classes": classes, "train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y,
-            "mean": mean, "std": std}
+    return {
+        "classes": classes,
+        "train_x": train_x,
+        "train_y": train_y,
+        "test_x": test_x,
+        "test_y": test_y,
+        "mean": mean,
+        "std": std,
+    }
 
 
 # ---- subsets ---------------------------------------------------------------------------------------------------
@@ -250,7 +256,11 @@ def _identity(path: Path) -> tuple[str, int, int]:
 
 
 def _load_image_folder(root: str | None, cache: Cache) -> tuple[str, dict]:
-    """A tree keys the cache by its files' names, sizes and mtimes; an archive by its sha256 (unpacked lazily)."""
+    """A tree keys the cache by its files' names, sizes and mtimes; an archive by its sha256.
+
+    An archive is decoded straight from its stream, never unpacked: Python's tarfile needs 15-25 s to write the
+    60k CIFAR files and we would read them back once, while one streaming pass takes 3 s and writes nothing.
+    """
     if not root:
         raise UserError(f"data.root: data.name=imagefolder needs data.root=DIR holding {_LAYOUT}")
     path = Path(root).expanduser()
@@ -261,104 +271,99 @@ def _load_image_folder(root: str | None, cache: Cache) -> tuple[str, dict]:
             raise UserError(f"data.root: {path} is a file but not a .tar.gz/.tgz archive; expected {_LAYOUT}")
         sha = cache.get_or_build("archives", digest(_identity(path)), lambda: file_digest(path))
         source = digest("imagefolder", "archive", sha)
-        build = lambda: _decode(_list_tree(_find_tree(_unpack(path, sha, cache.root), path), path))
+        build = lambda: _decode_archive(path)
     else:
-        listing = _list_tree(_find_tree(path, path), path)
-        source = digest("imagefolder", "tree", [(str(f.relative_to(path)), *_identity(f)[1:]) for f in listing.files])
-        build = lambda: _decode(listing)
+        files = _tree_images(path)
+        listing = _listing(files, path)
+        source = digest("imagefolder", "tree", [(name, *files[name]) for name in listing.names])
+        build = lambda: _decode(listing, lambda name: read_file(str(path / name)))
     return source, cache.get_or_build("decoded", source, build)
 
 
-def _unpack(archive: Path, sha: str, cache_root: Path) -> Path:
-    """Extract once into `<cache>/unpacked/<sha256>`: into a temp folder first, then one rename, so a racing
-    process either finds the finished tree or loses the rename and drops its own copy. The source is never written.
-    """
-    target = cache_root / "unpacked" / sha
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{sha}."))
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"data.root: cannot unpack {archive} ({exc}); check the archive, expected {_LAYOUT}") from exc
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not target.is_dir():
-            raise
-    return target
-
-
-def _find_tree(top: Path, shown: Path) -> Path:
-    """The folder holding train/ and test/: `top` itself or its single top-level folder (common in archives)."""
-    folders = _visible_dirs(top)
-    for tree in [top, folders[0]] if len(folders) == 1 else [top]:
-        if (tree / "train").is_dir() and (tree / "test").is_dir():
-            return tree
-    raise UserError(f"data.root: {shown} has no train/ and test/ folders; expected {_LAYOUT}")
-
-
-def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+def _tree_images(root: Path) -> dict[str, tuple[int, int]]:
+    """Relative POSIX path -> (size, mtime_ns) of every image file under `root` (scandir: one stat per image)."""
+    found, folders = {}, [""]
+    while folders:
+        folder = folders.pop()
+        with os.scandir(root / folder) as entries:
+            for entry in entries:
+                name = f"{folder}/{entry.name}" if folder else entry.name
+                if entry.is_dir():
+                    folders.append(name)
+                elif entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
+                    stat = entry.stat()
+                    found[name] = (stat.st_size, stat.st_mtime_ns)
+    return found
 
 
 class _Listing(NamedTuple):
-    files: list[Path]  # train images first, then test images
+    names: list[str]  # POSIX paths relative to the root: train images first, then test images
     labels: list[int]
     classes: list[str]
     n_train: int
 
 
-def _list_tree(tree: Path, shown: Path) -> _Listing:
-    """Classes are the sorted folder names under train/ (the order torchvision's ImageFolder uses)."""
-    classes = [d.name for d in _visible_dirs(tree / "train")]
-    if not classes:
-        raise UserError(f"data.root: {shown} has no class folders under train/; expected {_LAYOUT}")
-    unknown = sorted({d.name for d in _visible_dirs(tree / "test")} - set(classes))
+def _listing(paths: Iterable[str], shown: Path) -> _Listing:
+    """Find `train/<class>/...` and `test/<class>/...` at the root or inside its single top folder.
+
+    Classes are the sorted train folder names and files sort by name within a class, as in torchvision's
+    ImageFolder; hidden files and folders (macOS `._x.jpg`) and other suffixes are skipped.
+    """
+    images = [
+        parts
+        for parts in (posixpath.normpath(p).split("/") for p in paths)
+        if parts[-1].lower().endswith(IMAGE_SUFFIXES) and not any(part.startswith(".") for part in parts)
+    ]
+    single_top = len({parts[0] for parts in images}) == 1
+    for depth in (0, 1) if single_top else (0,):
+        splits: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
+        for parts in images:
+            if len(parts) >= depth + 3 and parts[depth] in splits:
+                splits[parts[depth]].append((parts[depth + 1], "/".join(parts)))
+        if splits["train"] and splits["test"]:
+            break
+    else:
+        raise UserError(f"data.root: {shown} has no images in train/<class>/ and test/<class>/; expected {_LAYOUT}")
+    classes = sorted({name for name, _ in splits["train"]})
+    unknown = sorted({name for name, _ in splits["test"]} - set(classes))
     if unknown:
-        raise UserError(f"data.root: {shown} has test classes {unknown} that train/ lacks; expected {_LAYOUT}")
-    train_files, train_labels = _list_split(tree / "train", classes, shown)
-    test_files, test_labels = _list_split(tree / "test", classes, shown)
-    return _Listing(train_files + test_files, train_labels + test_labels, classes, len(train_files))
+        raise UserError(f"data.root: {shown} has test classes {unknown} without train images; expected {_LAYOUT}")
+    label = {name: i for i, name in enumerate(classes)}
+    train, test = (sorted((label[name], path) for name, path in splits[s]) for s in ("train", "test"))
+    return _Listing([p for _, p in train + test], [y for y, _ in train + test], classes, len(train))
 
 
-def _list_split(split: Path, classes: list[str], shown: Path) -> tuple[list[Path], list[int]]:
-    files, labels = [], []
-    for label, name in enumerate(classes):
-        found = sorted(
-            f for f in (split / name).rglob("*")
-            if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
-        )
-        if not found and split.name == "train":
-            raise UserError(f"data.root: {shown} has no images in train/{name}/; expected {_LAYOUT}")
-        files += found
-        labels += [label] * len(found)
-    if not files:
-        raise UserError(f"data.root: {shown} has no images under {split.name}/; expected {_LAYOUT}")
-    return files, labels
+def _decode_archive(archive: Path) -> dict:
+    """One pass over the (gzip) stream keeps the image files' bytes; then list and decode them like a tree."""
+    blobs = {}
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
+                    blobs[posixpath.normpath(member.name)] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"data.root: cannot read {archive} ({exc}); check the archive, expected {_LAYOUT}") from exc
+    listing = _listing(blobs, archive)
+    return _decode(listing, lambda name: torch.frombuffer(bytearray(blobs[name]), dtype=torch.uint8))
 
 
-def _decode(listing: _Listing) -> dict:
-    x = _stack_one_size(_decode_images(listing.files))
+def _decode(listing: _Listing, read: Callable[[str], Tensor]) -> dict:
+    x = _stack_one_size(_decode_images(listing.names, read))
     y = torch.tensor(listing.labels, dtype=torch.int64)
     n = listing.n_train
     return _entry(listing.classes, x[:n], y[:n], x[n:], y[n:])
 
 
-def _decode_images(files: list[Path]) -> list[Tensor]:
+def _decode_images(names: list[str], read: Callable[[str], Tensor]) -> list[Tensor]:
     """Decode every file to a 3×H×W uint8 tensor (serially: threads only slowed torchvision's decoders here)."""
     images = []
-    for f in tqdm(files, desc="decoding images (once)", unit="img", mininterval=1.0):
+    for name in tqdm(names, desc="decoding images (once)", unit="img", mininterval=1.0):
         try:
-            data = read_file(str(f))
-            jpeg = f.suffix.lower() in (".jpg", ".jpeg")
+            data = read(name)
+            jpeg = name.lower().endswith((".jpg", ".jpeg"))
             image = decode_jpeg(data, mode=ImageReadMode.RGB) if jpeg else decode_image(data, ImageReadMode.RGB)
-        except RuntimeError as exc:
-            raise UserError(f"data.root: cannot decode {f} ({exc}); remove or replace that file") from exc
+        except (RuntimeError, ValueError) as exc:
+            raise UserError(f"data.root: cannot decode {name} ({exc}); remove or replace that file") from exc
         images.append(TF.to_dtype(image, torch.uint8, scale=True))
     return images
 

@@ -19,9 +19,15 @@ def prune_channels(
     *,
     round_to: int | None = None,
     iterative_steps: int = 1,
+    scope: str = "local",
     input_shape: tuple[int, ...] = (1, 3, 32, 32),
 ) -> None:
-    """Remove `ratio` of every prunable layer's channels, in `iterative_steps` equal steps."""
+    """Remove `ratio` of the prunable channels, in `iterative_steps` equal steps.
+
+    scope="local" removes that fraction from every layer (uniform width, as in the paper); "global" removes that
+    fraction of all prunable channels, wherever the (mean-normalised) scores are lowest, which moves the FLOP
+    count in steps of one channel instead of one channel per layer.
+    """
     if ratio <= 0:
         return
     device = next(model.parameters()).device
@@ -35,6 +41,8 @@ def prune_channels(
         iterative_steps=iterative_steps,
         ignored_layers=[m for m in model.modules() if isinstance(m, nn.Linear)],
         round_to=round_to,
+        global_pruning=scope == "global",
+        max_pruning_ratio=0.9,
     )
     for _ in range(iterative_steps):
         for group in pruner.step(interactive=True):

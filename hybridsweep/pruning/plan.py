@@ -4,7 +4,7 @@ EfficientNet scales depth and width up together; here they are scaled down toget
 (fraction of the baseline's FLOPs to keep) is split multiplicatively: depth keeps ~keep**depth_share of the FLOPs
 by removing whole blocks, width removes channels until the exact count lands within 1% of the budget. Block
 removal is discrete, so depth takes as many blocks as fit its share without undershooting the budget, and the
-width ratio closes the gap, solved by regula falsi with exact counts on pruned copies (structural pruning
+width ratio closes the gap, solved by regula falsi (Illinois) with exact counts on pruned copies (structural pruning
 without fine-tuning costs about a second for ResNet-56).
 """
 
@@ -40,6 +40,7 @@ class PrunePlan:
     score_norm: str = "stage"
     round_to: int | None = None
     iterative_steps: int = 1
+    scope: str = "local"  # local: the ratio in every layer; global: of all channels, where scores are lowest
     removed_blocks: tuple[str, ...] = ()  # filled in when the plan is applied (which blocks the scores chose)
 
     def to_json(self) -> str:
@@ -71,6 +72,7 @@ def apply_plan(
             origin,
             round_to=plan.round_to,
             iterative_steps=plan.iterative_steps,
+            scope=plan.scope,
             input_shape=input_shape,
         )
 
@@ -107,7 +109,8 @@ def solve_budget(
     """Find the plan whose pruned FLOPs are within 1% of `keep` x the baseline's; `model` is left untouched.
 
     Width ratios move channel counts in whole channels, so near zero they cannot close a small gap; when the
-    depth share's block count leaves such a gap, its neighbours (one block fewer, one more, ...) are tried.
+    depth share's block count leaves such a gap, its neighbours (one block fewer, one more) are tried, then
+    global channel selection (`scope="global"`, recorded in the plan).
     """
     base = count(model, input_shape).macs
     target = keep * base
@@ -116,14 +119,18 @@ def solve_budget(
     best: Solved | None = None
     evaluations = 0
     limit = removable_count(model) - 1
-    candidates = [preferred, preferred - 1, preferred + 1, preferred - 2, preferred + 2]
-    for blocks in (b for b in candidates if 0 <= b <= limit):
-        solved = _solve_width(model, scores, blocks, target, input_shape, options)
-        evaluations += solved.evaluations
-        if best is None or abs(solved.macs / target - 1) < abs(best.macs / target - 1):
-            best = solved
-        if abs(best.macs / target - 1) <= BUDGET_TOLERANCE:
-            break
+    candidates = [b for b in (preferred, preferred - 1, preferred + 1) if 0 <= b <= limit]
+    # Uniform (local) width moves every layer by whole channels, so its FLOP steps can straddle the budget;
+    # global channel selection then closes the gap in steps of single channels.
+    scopes = [options.get("scope", "local")] + (["global"] if options.get("scope", "local") == "local" else [])
+    for scope in scopes:
+        for blocks in candidates:
+            solved = _solve_width(model, scores, blocks, target, input_shape, {**options, "scope": scope})
+            evaluations += solved.evaluations
+            if best is None or abs(solved.macs / target - 1) < abs(best.macs / target - 1):
+                best = solved
+            if abs(best.macs / target - 1) <= BUDGET_TOLERANCE:
+                return replace(best, evaluations=evaluations)
     return replace(best, evaluations=evaluations)
 
 
@@ -153,21 +160,24 @@ def _solve_width(model, scores, blocks: int, target: float, input_shape, options
             f"channels, the model still keeps {hi.macs / base:.1%} of the FLOPs; raise budget.flops or depth_share"
         )
     best = min((lo, hi), key=error)
-    ratio = 1 - (target / lo.macs) ** 0.5  # FLOPs fall roughly with the square of the width
-    for _ in range(10):
-        if error(best) <= BUDGET_TOLERANCE or hi_ratio - lo_ratio < 0.005:
+    f_lo, f_hi = lo.macs - target, hi.macs - target
+    ratio = 1 - (target / lo.macs) ** 0.5  # first guess: FLOPs fall roughly with the square of the width
+    retained = 0  # Illinois variant of regula falsi: halve the stale end's value so the bracket keeps shrinking
+    for _ in range(12):
+        if error(best) <= BUDGET_TOLERANCE or hi_ratio - lo_ratio < 1e-3:
             break
         current = evaluate(ratio)
         best = min((best, current), key=error)
-        if current.macs > target:
-            lo_ratio, lo = ratio, current
+        f = current.macs - target
+        if f > 0:
+            lo_ratio, f_lo = ratio, f
+            f_hi = f_hi / 2 if retained == 1 else f_hi
+            retained = 1
         else:
-            hi_ratio, hi = ratio, current
-        # regula falsi step inside the bracket, falling back to bisection near its ends
-        ratio = lo_ratio + (hi_ratio - lo_ratio) * (lo.macs - target) / max(lo.macs - hi.macs, 1)
-        margin = 0.05 * (hi_ratio - lo_ratio)
-        if not lo_ratio + margin < ratio < hi_ratio - margin:
-            ratio = (lo_ratio + hi_ratio) / 2
+            hi_ratio, f_hi = ratio, f
+            f_lo = f_lo / 2 if retained == -1 else f_lo
+            retained = -1
+        ratio = lo_ratio + (hi_ratio - lo_ratio) * f_lo / (f_lo - f_hi)
     return replace(best, evaluations=evaluations)
 
 

@@ -9,6 +9,7 @@ from torch import nn
 from hybridsweep.errors import UserError
 from hybridsweep.metrics.latency.cpu import CpuLatency
 from hybridsweep.metrics.latency.cuda import CudaLatency
+from hybridsweep.metrics.latency.lut import LutLatency
 from hybridsweep.metrics.latency.onnxrt import OnnxRuntimeLatency
 from hybridsweep.metrics.latency.result import BackendSettings, LatencyResult
 from hybridsweep.metrics.latency.tensorrt import TensorRTLatency
@@ -19,6 +20,7 @@ __all__ = [
     "LATENCY_BACKENDS",
     "BackendSettings",
     "LatencyResult",
+    "LutLatency",
     "TrtexecOutputError",
     "measure_latency",
     "parse_trtexec_summary",
@@ -43,7 +45,7 @@ LATENCY_BACKENDS.register("onnxruntime")(OnnxRuntimeLatency.from_settings)
 LATENCY_BACKENDS.register("cuda")(CudaLatency.from_settings)
 LATENCY_BACKENDS.register("tensorrt")(TensorRTLatency.from_settings)
 LATENCY_BACKENDS.register("jetson")(_jetson)
-# The `lut` predictor (source="predicted") is registered here the same way when it lands.
+LATENCY_BACKENDS.register("lut")(LutLatency.from_settings)
 
 
 def measure_latency(

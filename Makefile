@@ -1,0 +1,50 @@
+# hybridsweep — `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Local copies of the data and reference weights; used when present, downloaded otherwise.
+SHARED ?= ../shared/data
+DEMO_ARGS ?= $(if $(wildcard $(SHARED)/cifar10-jpg.tar.gz),\
+	model=resnet56 model.weights=$(SHARED)/weights/cifar10_resnet56.pth \
+	data=imagefolder data.root=$(SHARED)/cifar10-jpg.tar.gz data.stats=cifar10,\
+	model=resnet56 model.weights=reference data=cifar100)
+# A short real trial: 30% of channels and 20% of blocks out, 200 fine-tune steps.
+DEMO_TRIAL ?= +criterion=l1 channel_ratio=0.3 layer_ratio=0.2 finetune.epochs=1 finetune.max_steps=200 data.test_subset=2000
+
+.DEFAULT_GOAL := help
+.PHONY: help install test demo ui dashboard bench lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q 'torch==2.14.1' 'torchvision==0.29.1' || $(PY) -m pip install -q torch torchvision
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install hybridsweep with the dev extra
+
+test: install ## run the test suite (the same command CI runs)
+	$(PY) -m pytest
+
+demo: install ## one real pruning trial on embedded defaults (SQLite MLflow store, no servers)
+	$(PY) -m hybridsweep $(DEMO_ARGS) $(DEMO_TRIAL)
+
+ui: install ## MLflow UI on the default SQLite store (http://127.0.0.1:5000)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+dashboard: install ## optuna-dashboard on the default study storage (arrives with the search)
+	@if [ -f optuna.db ]; then $(VENV)/bin/optuna-dashboard sqlite:///optuna.db --host 127.0.0.1; \
+	else echo "no optuna.db here yet: the Optuna search (issue 5) writes it"; fi
+
+bench: install ## the speed benchmarks, quick versions (each prints a side-by-side ratio)
+	$(PY) benchmarks/finetune_throughput.py --quick
+	$(PY) benchmarks/prune_cost.py --quick
+
+lint: install ## ruff
+	$(VENV)/bin/ruff check hybridsweep tests benchmarks
+
+clean: ## remove build outputs, Hydra run folders and local stores (not the cache)
+	rm -rf build dist *.egg-info outputs multirun mlflow.db optuna.db .pytest_cache .ruff_cache

@@ -1,0 +1,116 @@
+"""How well does the lut predictor track measured latency? Held-out pruned ResNet-56 plans, predicted vs measured.
+
+    python benchmarks/latency_predictor.py --quick          # shipped CPU profile, ~1-3 minutes on 2 cores
+    python benchmarks/latency_predictor.py --calibrate      # calibrate a fresh CPU profile first (~3 more minutes)
+
+Plans are seeded random (channel ratio in [0, 0.7], layer ratio in [0, 0.6], both orders, some round_to=8) and
+never one the profile's correction was fitted on. Each is predicted from the profile and measured on the `cpu`
+backend (1 thread, batch 1); the first model is measured again at the end, which shows how much the machine's
+noise alone moves a measurement. The last line is `mape=<x> spearman=<y> repeat_diff=<z>`; the goals are
+MAPE <= 0.05, Spearman >= 0.95 and repeat_diff < 0.05. The load average is printed because other work on a
+shared machine slows the measurements but not the predictions.
+"""
+
+import argparse
+import copy
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from hybridsweep.metrics.complexity import count
+from hybridsweep.metrics.latency import LATENCY_BACKENDS
+from hybridsweep.metrics.latency.lut import DEFAULT_PROFILE, calibrate, load_profile, plan_key
+from hybridsweep.models import build_model
+from hybridsweep.pruning.criteria import CRITERIA
+from hybridsweep.pruning.plan import apply_plan, plan_from_ratios
+
+INPUT_SHAPE = (3, 32, 32)
+SAME_PLAN_KEYS = ("channel_ratio", "blocks", "order", "round_to")
+
+
+def held_out_plans(model, n: int, seed: int, calibration: list[dict]):
+    """`n` random plans, skipping any whose ratios, block count, order and round_to a calibration model had."""
+    used = {tuple(m["plan"][k] for k in SAME_PLAN_KEYS) for m in calibration}
+    rng = random.Random(seed)
+    plans = []
+    while len(plans) < n:
+        plan = plan_from_ratios(
+            model,
+            round(rng.uniform(0.0, 0.7), 3),
+            round(rng.uniform(0.0, 0.6), 3),
+            order=rng.choice(("layer_first", "channel_first")),
+            round_to=8 if rng.random() < 0.3 else None,
+        )
+        if tuple(plan_key(plan)[k] for k in SAME_PLAN_KEYS) not in used:
+            plans.append(plan)
+    return plans
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer timing repeats (still every plan)")
+    parser.add_argument("--calibrate", action="store_true", help="calibrate a fresh cpu profile first")
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, help="shipped profile name or path")
+    parser.add_argument("--plans", type=int, default=40, help="held-out plans (at least 30)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the held-out plans")
+    args = parser.parse_args()
+    if args.plans < 30:
+        parser.error("--plans must be at least 30")
+    start = time.perf_counter()
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    timing = {"warmup": 5, "round_runs": 10, "max_runs": 60} if args.quick else {"warmup": 10, "max_runs": 300}
+    backend = LATENCY_BACKENDS.build("cpu", threads=1, batch_size=1, **timing)
+
+    profile_arg = args.profile
+    if args.calibrate:
+        profile_arg = str(Path(tempfile.mkdtemp(prefix="hybridsweep-lut-")) / "cpu-fresh.json")
+        calibrate(
+            "cpu",
+            {"threads": 1, "batch_size": 1, "warmup": 10, "max_runs": 200},
+            num_classes=100,
+            out_path=Path(profile_arg),
+            passes=1 if args.quick else 3,
+        )
+        print(f"calibrated {profile_arg} in {time.perf_counter() - start:.0f} s")
+    profile = load_profile(profile_arg)
+    print(f"profile {profile.name}: {profile.backend} on {profile.device}, created {profile.created}, "
+          f"correction {profile.correction.a:.4f} x sum + {profile.correction.b:.4f} ms")
+
+    torch.manual_seed(args.seed)
+    model = build_model("resnet56", num_classes=int((profile.meta or {}).get("num_classes", 100))).eval()
+    scores = CRITERIA.build("l1").scores(model, None)
+    base_macs = count(model, (1, *INPUT_SHAPE)).macs
+    rows = []
+    first_model = None
+    print(f"{'#':>3} {'ch':>6} {'blk':>3} {'order':>13} {'rt':>4} {'MACs%':>6} {'pred':>8} {'measured':>8} {'err%':>6}")
+    for index, plan in enumerate(held_out_plans(model, args.plans, args.seed, list(profile.correction.models))):
+        pruned = copy.deepcopy(model)
+        plan = apply_plan(pruned, plan, scores, (1, *INPUT_SHAPE))
+        predicted = profile.predict(pruned, INPUT_SHAPE).median_ms
+        measured = backend.measure(pruned, input_shape=INPUT_SHAPE).median_ms
+        first_model = first_model or (pruned, measured)
+        macs = count(pruned, (1, *INPUT_SHAPE)).macs / base_macs
+        rows.append((predicted, measured))
+        print(
+            f"{index:>3} {plan.channel_ratio:>6.3f} {plan.blocks:>3} {plan.order:>13} {plan.round_to or '-':>4} "
+            f"{100 * macs:>6.1f} {predicted:>8.3f} {measured:>8.3f} {100 * (predicted / measured - 1):>+6.1f}",
+            flush=True,
+        )
+    repeat = backend.measure(first_model[0], input_shape=INPUT_SHAPE).median_ms
+    predicted, measured = np.array(rows).T
+    mape = float(np.mean(np.abs(predicted - measured) / measured))
+    spearman = float(spearmanr(predicted, measured).statistic)
+    repeat_diff = abs(first_model[1] - repeat) / first_model[1]
+    print(f"repeat of plan 0: {first_model[1]:.3f} ms then {repeat:.3f} ms")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}; {len(rows)} plans in {time.perf_counter() - start:.0f} s")
+    print(f"mape={mape:.4f} spearman={spearman:.4f} repeat_diff={repeat_diff:.4f}")
+
+
+if __name__ == "__main__":
+    main()

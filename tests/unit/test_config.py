@@ -1,0 +1,97 @@
+"""Every config file composes; bad settings fail with one line naming the setting."""
+
+import subprocess
+import sys
+
+import pytest
+
+from hybridsweep import conf_dir
+from hybridsweep.config import check_group_choices, validate
+from hybridsweep.errors import UserError
+from tests.helpers import compose_config
+
+GROUPS = sorted(p.name for p in conf_dir().iterdir() if p.is_dir() and any(p.glob("*.yaml")))
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [(g, p.stem) for g in GROUPS for p in sorted((conf_dir() / g).glob("*.yaml"))],
+)
+def test_every_config_file_composes(group, option, tmp_path):
+    prefix = "+" if group in ("criterion", "experiment") else ""
+    overrides = [f"{prefix}{group}={option}"]
+    if group != "criterion":
+        overrides.append("+criterion=l1")
+    if option == "imagefolder":
+        overrides.append(f"data.root={tmp_path}")
+    cfg = compose_config(*overrides)
+    assert cfg.task in ("prune", "evaluate", "train_baseline", "latency")
+    if group == "criterion":
+        assert cfg.criterion.name == option
+    validate(cfg)
+
+
+def test_defaults_are_the_paper_setting():
+    cfg = compose_config("+criterion=fmrank")
+    assert (cfg.model.name, cfg.data.name, cfg.criterion.name) == ("resnet56", "cifar100", "fmrank")
+    assert cfg.tracking.uri == "sqlite:///mlflow.db"
+
+
+@pytest.mark.parametrize(
+    "override,setting",
+    [
+        ("channel_ratio=1.0", "channel_ratio"),
+        ("channel_ratio=-0.1", "channel_ratio"),
+        ("layer_ratio=1.5", "layer_ratio"),
+        ("depth_share=1.2", "depth_share"),
+        ("budget.flops=1.5", "budget.flops"),
+        ("budget.flops=0", "budget.flops"),
+        ("finetune.epochs=-1", "finetune.epochs"),
+        ("finetune.batch_size=0", "finetune.batch_size"),
+        ("baseline.epochs=0", "baseline.epochs"),
+        ("finetune.lr=0", "finetune.lr"),
+        ("order=sideways", "order"),
+        ("layer.score_norm=global", "layer.score_norm"),
+        ("prune.scope=everywhere", "prune.scope"),
+        ("model.weights=/nonexistent/w.pth", "model.weights"),
+        ("data.root=/nonexistent/data", "data.root"),
+        ("task=nap", "task"),
+    ],
+)
+def test_out_of_range_settings_name_the_setting(override, setting):
+    cfg = compose_config("+criterion=l1", override)
+    with pytest.raises(UserError) as err:
+        validate(cfg)
+    assert str(err.value).startswith(setting)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_criterion_lists_the_choices():
+    with pytest.raises(UserError, match="add \\+criterion=NAME, one of: bnscale, fmrank, l1, l2, random, taylor"):
+        validate(compose_config())
+
+
+def test_unknown_group_option_is_one_line():
+    with pytest.raises(UserError, match="criterion=nope is unknown; choose one of: bnscale, fmrank"):
+        check_group_choices(["+criterion=nope"], conf_dir())
+    with pytest.raises(UserError, match="model=resnet57"):
+        check_group_choices(["model=resnet20,resnet57"], conf_dir())
+    check_group_choices(["+criterion=l1,fmrank", "model.name=x", "-m"], conf_dir())
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["+criterion=nope"], "error: criterion=nope is unknown"),
+        (["+criterion=l1", "channel_ratio=1.5"], "error: channel_ratio=1.5 is out of range"),
+        ([], "error: no pruning criterion chosen"),
+    ],
+)
+def test_cli_user_mistakes_exit_nonzero_without_traceback(args, needle, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "hybridsweep", *args, "tracking.enabled=false"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert out.returncode != 0
+    assert needle in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
