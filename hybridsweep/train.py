@@ -63,7 +63,6 @@ def _prepare(model: nn.Module, device: torch.device, channels_last: bool) -> nn.
     return model
 
 
-@torch.inference_mode()
 def evaluate(
     model: nn.Module,
     ds: Dataset,
@@ -75,19 +74,20 @@ def evaluate(
     desc: str = "evaluate",
 ) -> Accuracy:
     """Top-1 and top-5 accuracy (percent) on the test split."""
+    # Moved outside inference mode: parameters converted inside it could never be trained again.
     model = _prepare(model, device, channels_last).eval()
     correct1 = correct5 = seen = 0
     k = min(5, len(ds.classes))
     batches = eval_batches(ds, batch_size, device=device, channels_last=channels_last)
     total = math.ceil(len(ds.test_y) / batch_size)
-    for x, y in tqdm(batches, total=total, desc=desc, leave=False, unit="batch"):
-        with _autocast(device, amp):
-            logits = model(x)
-        top = logits.topk(k, dim=1).indices
-        hits = top.eq(y[:, None])
-        correct1 += hits[:, 0].sum().item()
-        correct5 += hits.any(dim=1).sum().item()
-        seen += len(y)
+    with torch.inference_mode():
+        for x, y in tqdm(batches, total=total, desc=desc, leave=False, unit="batch"):
+            with _autocast(device, amp):
+                logits = model(x)
+            hits = logits.topk(k, dim=1).indices.eq(y[:, None])
+            correct1 += hits[:, 0].sum().item()
+            correct5 += hits.any(dim=1).sum().item()
+            seen += len(y)
     return Accuracy(top1=100.0 * correct1 / seen, top5=100.0 * correct5 / seen, images=seen)
 
 

@@ -14,11 +14,10 @@ and fits `measured ≈ a * sum(table terms) + b` by least squares on relative er
 The grid comes from pruning the model itself with uniform channel ratios (with and without round_to=8) and
 collecting the shapes Torch-Pruning produces, so every width a ResNet-20/56 plan can have is covered exactly
 when the ratio step is fine enough. ResNet-20 and ResNet-56 share their stage widths, hence their shapes.
-- cpu, onnxruntime, cuda: ratio step 0.01, ~270 shapes (every reachable width) x `passes`; on this 2-core
-  machine the shipped cpu profile (3 passes, max_runs=200) took the time stored in its `calibration_s`
-  (about 3 minutes).
+- cpu, onnxruntime, cuda: ratio step 0.01, 275 shapes (every reachable width) and 8 whole models, x `passes`;
+  the shipped cpu profile's `calibration_s` says how long it took on this 2-core machine (about 2 minutes).
 - tensorrt, jetson: every shape is an engine build plus a trtexec run (~10-20 s on a TX2 or Orin), so the
-  step is 0.1: ~125 shapes and 8 whole models, ~135 runs x 10-20 s = 25-45 minutes of device time, one pass.
+  step is 0.1: 92 shapes and 8 whole models, 100 runs x 10-20 s = 17-35 minutes of device time (one pass).
   The jetson backend caches each result by ONNX content, so an interrupted calibration resumes where it stopped.
 
 Calibrate from Python, e.g. for a TX2:
@@ -289,11 +288,11 @@ class Profile:
 
     def predict(self, model: nn.Module, input_shape: Sequence[int]) -> LatencyResult:
         (median, p90, mean), terms, interpolated = self.block_sum(model, input_shape)
-        predicted = self.correction(median)
+        predicted = float(self.correction(median))
         return LatencyResult(
             median_ms=predicted,
-            p90_ms=predicted * p90 / median,
-            mean_ms=predicted * mean / median,
+            p90_ms=float(predicted * p90 / median),
+            mean_ms=float(predicted * mean / median),
             std_ms=None,
             runs=0,
             batch_size=self.batch_size,

@@ -1,0 +1,111 @@
+"""End to end on real data: a pruning trial leaves a complete MLflow run; scores are computed once; a Hydra
+multirun groups its jobs under one parent run; bad input leaves no run RUNNING."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from hybridsweep.pruning.criteria import FeatureMapRank
+from hybridsweep.tasks import run_task
+from hybridsweep.trial import run_trial
+from hybridsweep.workbench import Workbench
+from tests.helpers import compose_config
+
+pytestmark = pytest.mark.slow
+
+
+def _overrides(shared_data: Path, cache: Path, db: Path, *extra: str) -> list[str]:
+    return [
+        "model=resnet20",
+        f"model.weights={shared_data}/weights/cifar10_resnet20.pth",
+        "data=imagefolder",
+        f"data.root={shared_data}/cifar10-jpg.tar.gz",
+        "data.stats=cifar10",
+        "data.train_subset=512",
+        "data.test_subset=200",
+        "data.calibration_size=32",
+        "finetune.epochs=1",
+        "finetune.max_steps=3",
+        "finetune.batch_size=64",
+        "latency.max_runs=40",
+        f"paths.cache_dir={cache}",
+        f"tracking.uri=sqlite:///{db}",
+        *extra,
+    ]
+
+
+def _runs(db: Path):
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    return mlflow.search_runs(experiment_names=["hybridsweep"], output_format="list")
+
+
+def test_trial_logs_a_complete_run_and_reuses_scores(shared_data, test_cache, tmp_path, monkeypatch):
+    calls = []
+    original = FeatureMapRank.scores
+    monkeypatch.setattr(FeatureMapRank, "scores", lambda self, *a: calls.append(1) or original(self, *a))
+    db = tmp_path / "mlflow.db"
+    cfg = compose_config("+criterion=fmrank", "channel_ratio=0.3", "layer_ratio=0.3",
+                         *_overrides(shared_data, tmp_path / "cache", db))
+    # Two workbenches on one fresh cache folder (two processes' worth of memory); decoded images come from
+    # the shared test cache so the 60k JPEGs are not decoded again.
+    data = Workbench(test_cache).dataset
+    first_bench, second_bench = Workbench(tmp_path / "cache"), Workbench(tmp_path / "cache")
+    first_bench.dataset = second_bench.dataset = data
+    first = run_trial(cfg, first_bench, tmp_path / "out1")
+    second = run_trial(cfg, second_bench, tmp_path / "out2")
+    assert calls == [1]  # the second trial read the scores from the cache
+    assert first.plan == second.plan
+
+    (run,) = [r for r in _runs(db) if r.info.run_id == first.run_id]
+    assert run.info.status == "FINISHED"
+    for key in ("criterion", "order", "channel_ratio", "layer_ratio", "budget_flops", "depth_share", "seed",
+                "model", "data", "git_commit"):
+        assert key in run.data.params, key
+    m = run.data.metrics
+    for key in ("baseline/top1", "pruned/top1", "finetuned/top1", "finetuned/top5", "top1_drop", "params",
+                "macs", "flops", "params_reduction_pct", "flops_reduction_pct", "latency/cpu/median_ms"):
+        assert key in m, key
+    assert m["flops"] == 2 * m["macs"] and 0 < m["flops_reduction_pct"] < 100
+    assert run.data.tags["latency.source"] == "measured"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "model")}
+    assert artifacts == {"model/plan.json", "model/model.pt", "model/model.onnx"}
+    plan = json.loads((first.output_dir / "plan.json").read_text())
+    assert len(plan["removed_blocks"]) == plan["blocks"] == 2
+
+
+def test_budget_trial_meets_the_flop_budget(shared_data, test_cache, tmp_path):
+    db = tmp_path / "mlflow.db"
+    cfg = compose_config("+criterion=l1", "budget.flops=0.75", "depth_share=0.5",
+                         *_overrides(shared_data, test_cache, db))
+    result = run_trial(cfg, Workbench(test_cache), tmp_path / "out")
+    assert abs(result.metrics["flops"] / (0.75 * result.metrics["baseline/flops"]) - 1) <= 0.01
+
+
+def test_bad_input_inside_a_trial_leaves_no_running_run(shared_data, test_cache, tmp_path):
+    db = tmp_path / "mlflow.db"
+    cfg = compose_config("+criterion=l1", "layer_ratio=0.95", *_overrides(shared_data, test_cache, db))
+    with pytest.raises(Exception, match="would remove all 7 removable blocks"):
+        run_task(cfg)
+    assert {r.info.status for r in _runs(db)} == {"FAILED"}
+
+
+def test_multirun_groups_jobs_under_one_parent(shared_data, test_cache, tmp_path):
+    db = tmp_path / "mlflow.db"
+    args = _overrides(shared_data, test_cache, db, "finetune.max_steps=1", "data.test_subset=100")
+    out = subprocess.run(
+        [sys.executable, "-m", "hybridsweep", "-m", "+criterion=l1,random", "layer_ratio=0,0.3", *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = _runs(db)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {(r.data.params["criterion"], r.data.params["layer_ratio"]) for r in children} == {
+        ("l1", "0.0"), ("l1", "0.3"), ("random", "0.0"), ("random", "0.3")}
