@@ -59,7 +59,10 @@ def unpack_once(archive: Path, cache_root: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{sha[:12]}."))
     print(f"unpacking {archive.name} once into {target} ...", flush=True)
     with tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: refuse links and paths leaving `tmp`
+            tar.extractall(tmp, filter="data")
+        else:
+            tar.extractall(tmp)
     os.replace(tmp, target)
     return target
 
@@ -152,9 +155,11 @@ def load_average() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few steps per run (under a minute on 2 cores)")
-    parser.add_argument("--steps", type=int, default=None, help="timed SGD steps per run (default 30; --quick 6)")
+    parser.add_argument("--steps", type=int, default=None, help="timed SGD steps per run (default 30; --quick 4)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=None, help="alternating (ours, plain) pairs (default 3; --quick 2)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="(ours, plain) pairs, alternating (default 3; --quick 2)"
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both loops (default: all cores)")
     parser.add_argument(
@@ -163,7 +168,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=os.environ.get("HYBRIDSWEEP_CACHE", "~/.cache/hybridsweep"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    steps = args.steps or (6 if args.quick else 30)
+    steps = args.steps or (4 if args.quick else 30)
     rounds = args.rounds or (2 if args.quick else 3)
     cores = os.cpu_count() or 1
     threads = args.threads or cores

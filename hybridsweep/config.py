@@ -13,7 +13,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from hybridsweep.errors import UserError
 
-TASKS = ("prune", "evaluate", "train_baseline", "latency")
+TASKS = ("prune", "evaluate", "train_baseline", "latency", "calibrate")
 ORDERS = ("layer_first", "channel_first")
 
 
@@ -89,6 +89,15 @@ class TrackingConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """task=calibrate: where the LUT profile goes and how much is measured."""
+
+    out: str | None = None  # default <backend>-<model>.json in the working directory
+    whole_models: int = 8  # pruned whole models measured to fit the overhead correction
+    passes: int = 1  # measure every shape this often (shuffled), keep the median
+
+
+@dataclass
 class Config:
     task: str = "prune"
     seed: int = 0
@@ -111,6 +120,7 @@ class Config:
     search: Any = field(default_factory=lambda: {"sampler": "none"})
     paths: PathsConfig = field(default_factory=PathsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 
 def register_configs() -> None:
@@ -175,6 +185,9 @@ def validate(cfg: DictConfig) -> None:
     _positive("data.train_subset", cfg.data.train_subset, allow_none=True)
     _positive("data.test_subset", cfg.data.test_subset, allow_none=True)
     _positive("data.calibration_size", cfg.data.calibration_size)
+    if cfg.calibration.whole_models < 2:
+        raise UserError(f"calibration.whole_models={cfg.calibration.whole_models} is invalid: it must be >= 2")
+    _positive("calibration.passes", cfg.calibration.passes)
     weights = cfg.model.weights
     if weights not in (None, "reference") and not Path(weights).expanduser().is_file():
         raise UserError(

@@ -26,6 +26,11 @@ def _output_dir(cfg) -> Path:
         return Path("outputs")
 
 
+def _backend_settings(cfg) -> dict:
+    """The configured backend's own settings (the fallback keys belong to the trial, not to the backend)."""
+    return {k: v for k, v in to_plain(cfg.latency).items() if k not in ("backend", "fallback", "fallback_profile")}
+
+
 def evaluate_baseline(cfg: DictConfig) -> dict:
     bench = workbench(cfg)
     device = resolve_device(cfg.device)
@@ -44,13 +49,14 @@ def prune(cfg: DictConfig) -> dict:
 
     result = run_trial(cfg, workbench(cfg), _output_dir(cfg))
     m = result.metrics
-    latency_key = next(k for k in m if k.startswith("latency/") and k.endswith("/median_ms"))
+    latency_key = next((k for k in m if k.startswith("latency/") and k.endswith("/median_ms")), None)
+    latency_text = f"{latency_key} {m[latency_key]:.3f}" if latency_key else "latency: none (see tags)"
     print(
         f"plan: {result.plan.blocks} blocks removed ({', '.join(result.plan.removed_blocks) or 'none'}), "
         f"channel ratio {result.plan.channel_ratio:.3f}, order {result.plan.order}\n"
         f"top-1 {m['baseline/top1']:.2f}% -> pruned {m['pruned/top1']:.2f}% -> fine-tuned {m['finetuned/top1']:.2f}%\n"
         f"params {m['params']:,} (-{m['params_reduction_pct']:.1f}%)  FLOPs {m['flops']:,} "
-        f"(-{m['flops_reduction_pct']:.1f}%)  {latency_key} {m[latency_key]:.3f}\n"
+        f"(-{m['flops_reduction_pct']:.1f}%)  {latency_text}\n"
         f"pruned model: {result.output_dir}  MLflow run: {result.run_id or 'tracking disabled'} "
         f"(browse with: make ui)"
     )
@@ -63,8 +69,7 @@ def latency(cfg: DictConfig) -> dict:
 
     num_classes = 10 if cfg.data.name == "cifar10" else 100
     model = build_architecture(cfg.model, num_classes).eval()
-    settings = {k: v for k, v in to_plain(cfg.latency).items() if k != "backend"}
-    result = measure_latency(model, cfg.latency.backend, input_shape=(3, 32, 32), **settings)
+    result = measure_latency(model, cfg.latency.backend, input_shape=(3, 32, 32), **_backend_settings(cfg))
     print(
         f"{cfg.model.name} latency ({result.source}, {result.backend} on {result.device}, batch {result.batch_size}): "
         f"median {result.median_ms:.3f} ms  p90 {result.p90_ms:.3f} ms  over {result.runs} runs"
@@ -72,11 +77,38 @@ def latency(cfg: DictConfig) -> dict:
     return result.as_metrics()
 
 
+def calibrate(cfg: DictConfig) -> dict:
+    """Build a LUT latency profile on the configured measuring backend (e.g. latency=jetson latency.host=...)."""
+    from hybridsweep.metrics.latency.lut import calibrate as calibrate_profile
+
+    settings = _backend_settings(cfg)
+    num_classes = 10 if cfg.data.name == "cifar10" else 100
+    out = Path(cfg.calibration.out or f"{cfg.latency.backend}-{cfg.model.name}.json")
+    path = calibrate_profile(
+        cfg.latency.backend,
+        settings,
+        model_name=cfg.model.name,
+        num_classes=num_classes,
+        out_path=out,
+        whole_models=cfg.calibration.whole_models,
+        passes=cfg.calibration.passes,
+        seed=cfg.seed,
+    )
+    print(f"profile written: {path.resolve()}  use it with: latency=lut latency.profile={path.resolve()}")
+    return {}
+
+
 def train_baseline(cfg: DictConfig) -> dict:
     return evaluate_baseline(cfg)
 
 
-TASKS = {"prune": prune, "evaluate": evaluate_baseline, "train_baseline": train_baseline, "latency": latency}
+TASKS = {
+    "prune": prune,
+    "evaluate": evaluate_baseline,
+    "train_baseline": train_baseline,
+    "latency": latency,
+    "calibrate": calibrate,
+}
 
 
 def run_task(cfg: DictConfig):

@@ -14,7 +14,7 @@ from hybridsweep.artifacts import save_pruned
 from hybridsweep.config import to_plain
 from hybridsweep.export import export_onnx
 from hybridsweep.metrics.complexity import count
-from hybridsweep.metrics.latency import measure_latency
+from hybridsweep.metrics.latency.fallback import measure_or_fallback
 from hybridsweep.pruning.plan import BUDGET_TOLERANCE, PrunePlan, apply_plan, plan_from_ratios, solve_budget
 from hybridsweep.tracking import git_commit, trial_run
 from hybridsweep.train import evaluate, fit, resolve_device
@@ -109,8 +109,8 @@ def run_trial(cfg, workbench: Workbench, output_dir: Path, run_name: str | None 
         tuned = evaluate(model, ds, desc="evaluate fine-tuned", **eval_kw)
 
         model = model.cpu().to(memory_format=torch.contiguous_format).eval()
-        settings = {k: v for k, v in to_plain(cfg.latency).items() if k != "backend"}
-        latency = measure_latency(model, cfg.latency.backend, input_shape=INPUT_SHAPE, **settings)
+        latency, fallback_tags = measure_or_fallback(model, to_plain(cfg.latency), input_shape=INPUT_SHAPE)
+        latency_tags = (latency.as_tags() if latency is not None else {}) | fallback_tags
 
         metrics |= {
             "baseline/top1": before.top1,
@@ -127,14 +127,14 @@ def run_trial(cfg, workbench: Workbench, output_dir: Path, run_name: str | None 
             "finetune/steps": stats.steps,
             "finetune/seconds": stats.seconds,
             "finetune/images_per_s": stats.images_per_second,
-            **latency.as_metrics(),
+            **(latency.as_metrics() if latency is not None else {}),
         }
         log.metrics(metrics)
-        log.tags(latency.as_tags())
+        log.tags(latency_tags)
 
         folder = output_dir / "pruned"
         meta = {"model": cfg.model.name, "data": cfg.data.name, "num_classes": len(ds.classes)}
         for path in save_pruned(model, plan, folder, meta):
             log.artifact(path, "model")
         log.artifact(export_onnx(model, folder / "model.onnx", input_shape=(1, *INPUT_SHAPE)), "model")
-        return TrialResult(plan=plan, metrics=metrics, output_dir=folder, run_id=log.run_id, tags=latency.as_tags())
+        return TrialResult(plan=plan, metrics=metrics, output_dir=folder, run_id=log.run_id, tags=latency_tags)

@@ -108,9 +108,8 @@ def solve_budget(
 ) -> Solved:
     """Find the plan whose pruned FLOPs are within 1% of `keep` x the baseline's; `model` is left untouched.
 
-    Width ratios move channel counts in whole channels, so near zero they cannot close a small gap; when the
-    depth share's block count leaves such a gap, its neighbours (one block fewer, one more) are tried, then
-    global channel selection (`scope="global"`, recorded in the plan).
+    Uniform width moves every layer by whole channels, so near zero it cannot close a small gap; then global
+    channel selection is tried (`scope="global"`, recorded in the plan), then one block fewer or one more.
     """
     base = count(model, input_shape).macs
     target = keep * base
@@ -120,17 +119,16 @@ def solve_budget(
     evaluations = 0
     limit = removable_count(model) - 1
     candidates = [b for b in (preferred, preferred - 1, preferred + 1) if 0 <= b <= limit]
-    # Uniform (local) width moves every layer by whole channels, so its FLOP steps can straddle the budget;
-    # global channel selection then closes the gap in steps of single channels.
-    scopes = [options.get("scope", "local")] + (["global"] if options.get("scope", "local") == "local" else [])
-    for scope in scopes:
-        for blocks in candidates:
-            solved = _solve_width(model, scores, blocks, target, input_shape, {**options, "scope": scope})
-            evaluations += solved.evaluations
-            if best is None or abs(solved.macs / target - 1) < abs(best.macs / target - 1):
-                best = solved
-            if abs(best.macs / target - 1) <= BUDGET_TOLERANCE:
-                return replace(best, evaluations=evaluations)
+    scope = options.get("scope", "local")
+    attempts = [(candidates[0], scope)] + ([(candidates[0], "global")] if scope == "local" else [])
+    attempts += [(blocks, s) for s in dict.fromkeys((scope, "global")) for blocks in candidates[1:]]
+    for blocks, attempt_scope in attempts:
+        solved = _solve_width(model, scores, blocks, target, input_shape, {**options, "scope": attempt_scope})
+        evaluations += solved.evaluations
+        if best is None or abs(solved.macs / target - 1) < abs(best.macs / target - 1):
+            best = solved
+        if abs(best.macs / target - 1) <= BUDGET_TOLERANCE:
+            break
     return replace(best, evaluations=evaluations)
 
 
@@ -160,11 +158,14 @@ def _solve_width(model, scores, blocks: int, target: float, input_shape, options
             f"channels, the model still keeps {hi.macs / base:.1%} of the FLOPs; raise budget.flops or depth_share"
         )
     best = min((lo, hi), key=error)
+    # Below this bracket width no layer's channel count can change any more: the budget sits between two steps.
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    resolution = 0.5 / (sum(widths) if options.get("scope") == "global" else max(widths))
     f_lo, f_hi = lo.macs - target, hi.macs - target
     ratio = 1 - (target / lo.macs) ** 0.5  # first guess: FLOPs fall roughly with the square of the width
     retained = 0  # Illinois variant of regula falsi: halve the stale end's value so the bracket keeps shrinking
     for _ in range(12):
-        if error(best) <= BUDGET_TOLERANCE or hi_ratio - lo_ratio < 1e-3:
+        if error(best) <= BUDGET_TOLERANCE or hi_ratio - lo_ratio < resolution:
             break
         current = evaluate(ratio)
         best = min((best, current), key=error)

@@ -117,7 +117,7 @@ def test_loop_stops_at_max_runs_when_it_never_settles():
 
 
 def test_unknown_backend_lists_the_names():
-    with pytest.raises(UserError, match="choose one of: cpu, cuda, jetson, onnxruntime, tensorrt"):
+    with pytest.raises(UserError, match="choose one of: cpu, cuda, jetson, lut, onnxruntime, tensorrt"):
         measure_latency(small_net(), "cpuu", input_shape=SAMPLE)
 
 

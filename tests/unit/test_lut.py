@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hybridsweep.errors import UserError
+from hybridsweep.metrics.complexity import count
 from hybridsweep.metrics.latency import LATENCY_BACKENDS, measure_latency
 from hybridsweep.metrics.latency.fallback import measure_or_fallback
 from hybridsweep.metrics.latency.lut import (
@@ -55,6 +56,14 @@ def test_pruning_lowers_the_prediction(resnet56):
     deep = lut.measure(pruned(resnet56, 0.0, 0.8), input_shape=SHAPE).median_ms
     assert width.source == "predicted" and 0 < width.median_ms < full
     assert 0 < deep < 0.5 * full
+
+
+def test_shapes_are_read_from_the_pruned_modules(resnet56):
+    """The table terms' MACs add up to the exact count: every conv, at its real width and resolution, is seen."""
+    for model in (resnet56, pruned(resnet56, 0.37, 0.3, order="channel_first"), pruned(resnet56, 0.5, 0.2, round_to=8)):
+        shapes = model_shapes(model, SHAPE, "fp32")
+        assert sum(s.macs for s in shapes) == count(model, (1, *SHAPE)).macs
+        assert [s.kind for s in shapes].count("basic_proj") == 2
 
 
 def test_missing_shapes_are_interpolated_between_neighbours():

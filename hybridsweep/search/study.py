@@ -1,0 +1,417 @@
+"""`task=search`: an Optuna study over pruning plans, driven by our own loop (not hydra-optuna-sweeper).
+
+    python -m hybridsweep task=search search=nsga2 model=resnet56 model.weights=reference
+
+Each trial composes its config with Hydra's Compose API from this command line plus the sampled values and
+calls the same `run_trial` a single run uses (see `objective.py`). The study lives in `search.storage`
+(SQLite file by default; a `*.journal` file for several local workers; PostgreSQL for several machines) and
+`search.n_trials` is its total, so rerunning the same command resumes it and runs only what is missing: a
+trial left RUNNING by a killed worker on this host is marked FAIL at the start (PostgreSQL: by the heartbeat,
+which also retries it), and its MLflow run is closed as KILLED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.study import MaxTrialsCallback, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from hybridsweep.errors import UserError
+from hybridsweep.search.objective import (
+    OBJECTIVES,
+    EarlyStop,
+    Objective,
+    SearchSpace,
+    SearchTracker,
+    compose_trial_config,
+    fixed_keys,
+    parse_space,
+    redact,
+    trial_base_overrides,
+    worker_alive,
+)
+from hybridsweep.search.report import front_rows, objective_names, study_title, write_front
+
+SAMPLERS = ("nsga2", "tpe", "random", "grid")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+# --- settings -------------------------------------------------------------------------------------------------
+
+
+def _sampler_name(search) -> str:
+    name = search.get("sampler")
+    if name in (None, "none"):
+        raise UserError("task=search needs a sampler: add search=nsga2 (or search=tpe, random, grid)")
+    if name not in SAMPLERS:
+        raise UserError(f"search.sampler={name} is unknown; choose one of: {', '.join(SAMPLERS)}")
+    return str(name)
+
+
+def _int(search, key: str, default: int, minimum: int) -> int:
+    value = search.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"search.{key}={value} is invalid: it must be an integer >= {minimum}")
+    return value
+
+
+def latency_key(cfg) -> str:
+    batch = cfg.latency.get("batch_size", 1) or 1
+    return f"latency/{cfg.latency.backend}" + ("" if batch == 1 else f"/batch{batch}") + "/median_ms"
+
+
+def objectives(search, cfg) -> tuple[list[str], list[StudyDirection]]:
+    """Metric keys of run_trial's result, and their directions, for `search.objectives`."""
+    names = search.get("objectives") or ["accuracy", "latency"]
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown:
+        raise UserError(f"search.objectives: {unknown[0]} is unknown; choose from: {', '.join(OBJECTIVES)}")
+    if len(set(names)) != len(names):
+        raise UserError(f"search.objectives={names} names an objective twice")
+    keys = {"accuracy": "finetuned/top1", "latency": latency_key(cfg), "params": "params", "flops": "flops"}
+    directions = [StudyDirection.MAXIMIZE if OBJECTIVES[n] == "maximize" else StudyDirection.MINIMIZE
+                  for n in names]
+    return [keys[n] for n in names], directions
+
+
+def default_study_name(sampler: str, cfg, space: SearchSpace) -> str:
+    dims = {d.name: d for d in space.dims}
+    criterion = space.fixed.get("criterion") or "+".join(dims["criterion"].choices)
+    if "budget" in space.fixed:
+        budget = f"b{space.fixed['budget']:g}"
+    elif dims["budget"].choices is not None:
+        budget = "b" + "+".join(f"{v:g}" for v in dims["budget"].choices)
+    else:
+        budget = f"b{dims['budget'].low:g}-{dims['budget'].high:g}"
+    return f"{sampler}-{criterion}-{cfg.model.name}-{cfg.data.name}-{budget}"
+
+
+def _early_stop(search) -> EarlyStop:
+    value = search.get("early_stop")
+    if value is None or isinstance(value, bool):
+        return EarlyStop(enabled=bool(value))
+    rule = EarlyStop(enabled=bool(value.get("enabled", False)), margin=float(value.get("margin", 10.0)),
+                     min_peers=int(value.get("min_peers", 4)))
+    if rule.margin < 0 or rule.min_peers < 1:
+        raise UserError(f"search.early_stop={dict(value)} is invalid: margin must be >= 0 and min_peers >= 1")
+    return rule
+
+
+# --- storage --------------------------------------------------------------------------------------------------
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def _local_file(spec: str) -> Path | None:
+    """The file behind a SQLite URL or a journal path, for locking and checks."""
+    if spec.endswith(".journal"):
+        return Path(spec.removeprefix("journal://")).expanduser()
+    if spec.startswith("sqlite:///") and ":memory:" not in spec:
+        return Path(spec.removeprefix("sqlite:///")).expanduser()
+    return None
+
+
+def _postgres_driver(url: str) -> str:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 (the `postgres` extra) when only it is here."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+def open_storage(spec: str, heartbeat_s: int = 60, retries: int = 1) -> BaseStorage:
+    """`search.storage` as an Optuna storage: sqlite:///FILE.db (default), FILE.journal (JournalFileBackend:
+    several local workers), postgresql://USER:PASSWORD@HOST:PORT/DB (RDBStorage with heartbeat; a trial
+    whose worker stops beating is marked FAIL and retried up to `retries` times)."""
+    spec = str(spec)
+    shown = redact(spec)
+    path = _local_file(spec)
+    if path is not None and not path.parent.is_dir():
+        raise UserError(f"search.storage={shown}: the folder {path.parent} does not exist; create it or pick another")
+    if spec.endswith(".journal"):
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as exc:
+            raise UserError(f"search.storage={shown}: cannot open the journal file ({_first_line(exc)})") from exc
+    if "://" not in spec:
+        raise UserError(
+            f"search.storage={shown} is not a storage: use sqlite:///FILE.db, FILE.journal or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DB"
+        )
+    kwargs: dict[str, Any] = {}
+    spec = _postgres_driver(spec)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if spec.startswith("sqlite"):
+                kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+            else:
+                kwargs |= {
+                    "heartbeat_interval": heartbeat_s,
+                    "grace_period": 2 * heartbeat_s,
+                    "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=retries),
+                    "engine_kwargs": {"pool_pre_ping": True},
+                }
+                if spec.startswith("postgresql"):
+                    kwargs["engine_kwargs"]["connect_args"] = {"connect_timeout": 10}
+            return RDBStorage(spec, **kwargs)
+    except Exception as exc:  # SQLAlchemy raises many types (driver missing, refused, auth): name the setting
+        raise UserError(f"search.storage={shown}: cannot open the study storage ({_first_line(exc)})") from exc
+
+
+@contextmanager
+def study_lock(spec: str, storage: BaseStorage, name: str):
+    """Serialise the set-up (study, parent run, dead trials) between workers starting together."""
+    path = _local_file(str(spec))
+    if path is not None:
+        from hybridsweep.cache import file_lock
+
+        with file_lock(path.with_name(path.name + ".hybridsweep.lock")):
+            yield
+        return
+    if isinstance(storage, RDBStorage) and storage.engine.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        key = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
+        with storage.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        return
+    yield
+
+
+def _make_sampler(name: str, search, space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(population_size=_int(search, "population_size", 16, 2), seed=seed)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=_int(search, "n_startup_trials", 10, 0), multivariate=True,
+                constant_liar=True,
+            )
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.GridSampler(space.grid(_int(search, "grid_points", 5, 1)), seed=seed)
+
+
+def _check_existing(name: str, storage: BaseStorage, shown: str, keys: list[str],
+                    directions: list[StudyDirection]) -> int:
+    """Trials already in the study (0 when new); a study of this name with other objectives is refused."""
+    try:
+        existing = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return 0
+    names = existing.metric_names
+    if list(existing.directions) != directions or (names is not None and list(names) != keys):
+        theirs = names or [d.name.lower() for d in existing.directions]
+        raise UserError(
+            f"search.study_name={name} already exists in {shown} with objectives {theirs}, not {keys}; "
+            "pick another search.study_name or the same search.objectives"
+        )
+    return len(existing.get_trials(deepcopy=False))
+
+
+def fail_dead_trials(study: optuna.Study, tracker: SearchTracker, heartbeat: bool = False) -> list[int]:
+    """Trials RUNNING whose worker process on this host is gone (kill -9, OOM, power loss): FAIL, run KILLED.
+    With a heartbeat (PostgreSQL), also trials of any host whose heartbeat is stale (FAIL, then retried)."""
+    if heartbeat:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if worker_alive(t.user_attrs.get("worker")) is not False:
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        except ValueError:  # finished meanwhile
+            continue
+        tracker.end_trial(t.user_attrs.get("mlflow_run_id"), "KILLED", {"optuna.state": "FAIL"})
+        failed.append(t.number)
+    if failed:
+        print(f"search: trial(s) {', '.join(map(str, failed))} were left RUNNING by a worker that is gone; "
+              "marked FAIL (their MLflow runs KILLED)")
+    return failed
+
+
+def _output_dir(cfg) -> Path:
+    try:
+        return Path(cfg.paths.output_dir)
+    except Exception:  # composed without Hydra's runtime (tests, Compose API)
+        return Path("outputs")
+
+
+def _command_line(overrides: Sequence[str] | None) -> list[str]:
+    if overrides is not None:
+        return list(overrides)
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        raise ValueError(
+            "run_search(cfg) outside `python -m hybridsweep` needs overrides=[...] (the command line that "
+            "composed cfg): each trial composes its config from it"
+        ) from None
+
+
+# --- after each trial -----------------------------------------------------------------------------------------
+
+
+class _AfterTrial:
+    """Publish the front (files + parent run + pareto tags) and stop after too many failures in a row."""
+
+    def __init__(self, tracker: SearchTracker, out_dir: Path, max_failures: int):
+        self.tracker, self.out_dir, self.max_failures = tracker, out_dir, max_failures
+        self.failures: list[FrozenTrial] = []
+
+    def publish(self, study: optuna.Study) -> list[Path]:
+        try:
+            rows = front_rows(study)
+            files = write_front(rows, objective_names(study), study.directions, self.out_dir,
+                                study_title(study, rows))
+            self.tracker.mark_pareto(rows)
+            self.tracker.log_front(files, len(rows), sum(r["pareto"] for r in rows), len(study.trials))
+            return files
+        except Exception as exc:  # a plot must never cost the study
+            print(f"warning: could not publish the Pareto front: {_first_line(exc)}", file=sys.stderr)
+            return []
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL and not trial.user_attrs.get("surplus"):
+            self.failures.append(trial)
+        elif trial.state in FINISHED:
+            self.failures.clear()
+        if self.max_failures and len(self.failures) >= self.max_failures:
+            study.stop()
+        self.publish(study)
+
+
+# --- the search -----------------------------------------------------------------------------------------------
+
+
+def run_search(cfg, overrides: Sequence[str] | None = None) -> optuna.Study:
+    """Run (or resume) the study `cfg.search` describes; returns it. `overrides` is the command line that
+    composed `cfg` (read from Hydra inside `python -m hybridsweep`)."""
+    command_line = _command_line(overrides)
+    search = cfg.search
+    sampler_name = _sampler_name(search)
+    space = parse_space(search, cfg, fixed_keys(command_line))
+    keys, directions = objectives(search, cfg)
+    if search.get("n_trials") is None and sampler_name == "grid":
+        n_trials = 1
+        for values in space.grid(_int(search, "grid_points", 5, 1)).values():
+            n_trials *= len(values)
+    else:
+        if search.get("n_trials") is None:
+            raise UserError(f"search.n_trials is null: search={sampler_name} needs the study's total number of trials")
+        n_trials = _int(search, "n_trials", 0, 1)
+    max_failures = _int(search, "max_consecutive_failures", 5, 0)
+    seed = search.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise UserError(f"search.seed={seed} is invalid: an integer or null")
+    early_stop = _early_stop(search)
+    name = str(search.get("study_name") or default_study_name(sampler_name, cfg, space))
+    spec = str(search.get("storage") or "sqlite:///optuna.db")
+    shown = redact(spec)
+    storage = open_storage(spec, _int(search, "heartbeat_s", 60, 1), _int(search, "retries", 1, 0))
+
+    base = trial_base_overrides(command_line)
+    probe = {**space.fixed, **{d.name: (d.choices[0] if d.choices else d.low) for d in space.dims}}
+    try:
+        from hybridsweep.config import validate
+
+        validate(compose_trial_config([*base, *space.overrides(probe)]))
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"a trial's config does not compose from this command line: {_first_line(exc)}") from exc
+
+    tracker = SearchTracker(cfg.tracking, name)
+    with study_lock(spec, storage, name):
+        existing = _check_existing(name, storage, shown, keys, directions)
+        sampler = _make_sampler(sampler_name, search, space, None if seed is None else seed + existing)
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions,
+                                    load_if_exists=True)
+        if study.metric_names is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(keys)
+        first = study.user_attrs.get("base_overrides")
+        if first is None:
+            study.set_user_attr("base_overrides", base)
+        elif first != base:
+            print(f"warning: study {name} was started with other settings ({' '.join(first)}); its trials are "
+                  "compared as if they were alike", file=sys.stderr)
+        fail_dead_trials(study, tracker, heartbeat=bool(getattr(storage, "heartbeat_interval", None)))
+        tracker.open_parent(
+            study,
+            tags={"optuna.storage": shown, "optuna.sampler": sampler_name},
+            params={"sampler": sampler_name, "n_trials": n_trials, "objectives": ",".join(keys),
+                    "search_space": space.describe(), "command_line": " ".join(base)},
+        )
+        tracker.close_orphans(study)
+
+    out_dir = _output_dir(cfg) / name
+    after = _AfterTrial(tracker, out_dir, max_failures)
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    remaining = n_trials - done - running
+    print(f"search: study {name} in {shown}: {done} of {n_trials} trials finished, {running} running elsewhere; "
+          f"running {max(remaining, 0)} here. Space: {space.describe()}")
+
+    objective = Objective(space=space, base_overrides=base, metric_keys=keys, n_trials=n_trials, tracker=tracker,
+                          output_dir=out_dir, early_stop=early_stop, study=study)
+    status = "FAILED"
+    start = time.perf_counter()
+    try:
+        if remaining > 0:
+            study.optimize(
+                objective, n_trials=remaining, catch=(Exception,),
+                callbacks=[MaxTrialsCallback(n_trials, states=FINISHED), after],
+            )
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        files = after.publish(study)
+        tracker.close_orphans(study)
+        tracker.finish(study, status)
+
+    rows = front_rows(study)
+    print(f"search: {study_title(study, rows)} ({time.perf_counter() - start:.0f} s here)\n"
+          f"  front: {' '.join(str(f) for f in files)}\n"
+          f"  MLflow: experiment {name}, parent run {tracker.parent_id or 'tracking disabled'} (make ui); "
+          f"Optuna: optuna-dashboard {shown}")
+    if max_failures and len(after.failures) >= max_failures:
+        last = after.failures[-1]
+        raise UserError(
+            f"search: {len(after.failures)} trials failed in a row, the last (trial {last.number}) with "
+            f"{last.user_attrs.get('error', 'an error shown above')}; fix it and rerun the same command to resume"
+        )
+    return study

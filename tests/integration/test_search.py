@@ -1,0 +1,347 @@
+"""The Optuna search end to end on real data at a cheap fidelity (resnet20, 256 training / 100 test images, one
+fine-tune step): a study leaves its trials in Optuna and MLflow linked both ways with the front published;
+n_trials is the study's total; a worker killed mid-trial loses nothing on rerun; two workers share a journal
+study; PostgreSQL with heartbeat; optuna-dashboard reads the study; bad input is one line naming the setting."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hybridsweep.errors import UserError
+from hybridsweep.search import run_search
+from hybridsweep.search.study import open_storage
+from tests.helpers import compose_config
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+POSTGRES_URL = "postgresql://hybridsweep:hybridsweep@127.0.0.1:5432/hybridsweep"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """One folder (the cwd, so MLflow's ./mlruns lands here) and one MLflow store for the whole module."""
+    root = tmp_path_factory.mktemp("search")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        yield root
+
+
+def _args(shared_data: Path, cache: Path, root: Path, storage: str, *extra: str) -> list[str]:
+    return [
+        "model=resnet20",
+        f"model.weights={shared_data}/weights/cifar10_resnet20.pth",
+        "data=imagefolder",
+        f"data.root={shared_data}/cifar10-jpg.tar.gz",
+        "data.stats=cifar10",
+        "data.train_subset=256",
+        "data.test_subset=100",
+        "data.calibration_size=32",
+        "finetune.epochs=1",
+        "finetune.max_steps=1",
+        "finetune.batch_size=64",
+        "latency.max_runs=40",
+        f"paths.cache_dir={cache}",
+        f"paths.output_dir={root}/out",
+        f"tracking.uri=sqlite:///{root}/mlflow.db",
+        "search=nsga2",
+        f"search.storage={storage}",
+        "search.criteria=[l1,l2]",
+        "search.population_size=2",
+        *extra,
+    ]
+
+
+def _search(args: list[str]) -> optuna.Study:
+    return run_search(compose_config(*args), args)
+
+
+def _runs(root: Path, experiment: str):
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+def _split(runs):
+    parents = [r for r in runs if r.data.tags.get("hybridsweep.kind") == "search"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    return parents, children
+
+
+def _command(args: list[str]) -> list[str]:
+    """`python -m hybridsweep task=search ...` once the task is wired; a small script calling run_search until then."""
+    from hybridsweep.tasks import TASKS
+
+    if "search" in TASKS:
+        return [sys.executable, "-m", "hybridsweep", "task=search", *args]
+    script = (
+        "import sys; from tests.helpers import compose_config; from hybridsweep.search import run_search; "
+        "a = sys.argv[1:]; run_search(compose_config(*a), a)"
+    )
+    return [sys.executable, "-c", script, *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def _states(study: optuna.Study) -> dict[int, TrialState]:
+    return {t.number: t.state for t in study.get_trials(deepcopy=False)}
+
+
+@pytest.fixture(scope="module")
+def three_trials(shared_data, test_cache, workdir):
+    storage = f"sqlite:///{workdir}/optuna.db"
+    args = _args(shared_data, test_cache, workdir, storage, "search.n_trials=3", "search.study_name=three")
+    return _search(args), args, storage
+
+
+def test_three_trial_study_is_linked_to_mlflow_with_the_front(three_trials, workdir):
+    study, _, storage = three_trials
+    reloaded = optuna.load_study(study_name="three", storage=storage)
+    complete = reloaded.get_trials(states=(TrialState.COMPLETE,))
+    assert len(reloaded.trials) == len(complete) == 3
+    assert reloaded.metric_names == ["finetuned/top1", "latency/cpu/median_ms"]
+    for t in complete:
+        assert set(t.params) == {"depth_share", "budget", "order", "criterion", "lr"}
+        assert t.params["budget"] in (0.5, 0.75) and t.params["criterion"] in ("l1", "l2")
+        assert "flops_budget" in t.constraints  # FLOP budget as a constraint, <= 0 feasible
+        assert t.constraints["flops_budget"] <= 0 and abs(t.user_attrs["flops_ratio"] - t.params["budget"]) < 0.02
+
+    parents, children = _split(_runs(workdir, "three"))
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and reloaded.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    by_id = {r.info.run_id: r for r in children}
+    for t in complete:  # linked both ways
+        run = by_id[t.user_attrs["mlflow_run_id"]]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["optuna.study"] == "three" and run.data.tags["optuna.trial"] == str(t.number)
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.metrics["finetuned/top1"] == t.values[0]
+    front = {t.number for t in reloaded.best_trials}
+    tagged = {int(r.data.tags["optuna.trial"]) for r in children if r.data.tags.get("pareto") == "true"}
+    assert tagged and tagged <= {t.number for t in complete}
+    # one front per budget: each budget's own best trials are all on it
+    for budget in {t.params["budget"] for t in complete}:
+        group = [t for t in complete if t.params["budget"] == budget]
+        best = max(group, key=lambda t: t.values[0])
+        assert best.number in tagged
+    assert front & tagged  # the study's global front is within the per-budget fronts
+    client = mlflow.MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
+    assert artifacts == {"pareto/front.html", "pareto/front.png", "pareto/front.csv"}
+    local = workdir / "out" / "three"
+    assert (local / "front.png").read_bytes()[:4] == b"\x89PNG"
+    assert "plotly" in (local / "front.html").read_text()[:20000].lower()
+    assert len((local / "front.csv").read_text().strip().splitlines()) == 4
+
+
+def test_n_trials_is_the_study_total(three_trials, workdir):
+    _, args, storage = three_trials
+    before = {r.info.run_id for r in _runs(workdir, "three")}
+    study = _search(args)
+    assert len(study.trials) == 3
+    assert {r.info.run_id for r in _runs(workdir, "three")} == before
+
+
+def test_optuna_dashboard_serves_the_study(three_trials):
+    import optuna_dashboard
+
+    _, _, storage = three_trials
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = make_server("127.0.0.1", 0, optuna_dashboard.wsgi(storage), handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        with urllib.request.urlopen(f"{base}/api/studies", timeout=30) as response:
+            studies = json.load(response)["study_summaries"]
+        (summary,) = [s for s in studies if s["study_name"] == "three"]
+        assert summary["directions"] == ["maximize", "minimize"]
+        with urllib.request.urlopen(f"{base}/api/studies/{summary['study_id']}", timeout=30) as response:
+            detail = json.load(response)
+        assert [t["state"] for t in detail["trials"]] == ["Complete"] * 3
+        assert all("mlflow_run_id" in {a["key"] for a in t["user_attrs"]} for t in detail["trials"])
+        assert detail["best_trials"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_kill_mid_trial_then_rerun_keeps_every_finished_trial(shared_data, test_cache, workdir):
+    storage = f"sqlite:///{workdir}/killed.db"
+    args = _args(shared_data, test_cache, workdir, storage, "search.n_trials=2", "search.study_name=killed")
+    with open(workdir / "killed-1.log", "w") as log:
+        proc = subprocess.Popen(_command(args), cwd=workdir, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        try:
+            while True:
+                assert proc.poll() is None, (workdir / "killed-1.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the search never reached its second trial"
+                try:
+                    trials = optuna.load_study(study_name="killed", storage=storage).get_trials(deepcopy=False)
+                except KeyError:
+                    trials = []
+                done = [t for t in trials if t.state == TrialState.COMPLETE]
+                running = [t for t in trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+                if done and running:
+                    break
+                time.sleep(0.2)
+        finally:  # the trial's MLflow run exists: run_trial (seconds of pruning, fine-tuning, timing) is under way
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    first, killed = done[0], running[0]
+    run_status = {r.info.run_id: r.info.status for r in _runs(workdir, "killed")}
+    assert run_status[killed.user_attrs["mlflow_run_id"]] == "RUNNING"  # what kill -9 leaves behind
+
+    rerun = subprocess.run(_command(args), cwd=workdir, env=_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    study = optuna.load_study(study_name="killed", storage=storage)
+    states = _states(study)
+    assert states[killed.number] == TrialState.FAIL
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 2 and first.number in {t.number for t in complete}
+    assert study.trials[first.number].values == first.values  # the finished trial is kept as it was
+    runs = _runs(workdir, "killed")
+    assert "RUNNING" not in {r.info.status for r in runs}
+    status = {r.info.run_id: r.info.status for r in runs}
+    assert status[killed.user_attrs["mlflow_run_id"]] == "KILLED"
+    parents, children = _split(runs)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED", "KILLED"]
+
+
+def test_two_workers_share_a_journal_study(shared_data, test_cache, workdir):
+    storage = str(workdir / "shared.journal")
+    args = _args(shared_data, test_cache, workdir, storage, "search.n_trials=4", "search.study_name=shared",
+                 "search.sampler=random")
+    logs = [open(workdir / f"worker-{i}.log", "w") for i in range(2)]
+    try:
+        procs = [
+            subprocess.Popen(_command([*args, f"search.seed={i + 1}"]), cwd=workdir, env=_env(), stdout=log,
+                             stderr=subprocess.STDOUT)
+            for i, log in enumerate(logs)
+        ]
+        codes = [p.wait(timeout=400) for p in procs]
+    finally:
+        for log in logs:
+            log.close()
+    assert codes == [0, 0], (workdir / "worker-0.log").read_text()[-2000:] + (workdir / "worker-1.log").read_text()[-2000:]
+    study = optuna.load_study(study_name="shared", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(storage)))
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 4  # the study's total, not 4 per worker
+    assert not [t for t in study.trials if t.state == TrialState.FAIL and not t.user_attrs.get("surplus")]
+    assert len({t.user_attrs["worker"] for t in complete}) == 2  # both workers ran trials
+    parents, children = _split(_runs(workdir, "shared"))
+    assert len(parents) == 1
+    numbers = sorted(int(r.data.tags["optuna.trial"]) for r in children)
+    assert numbers == sorted(t.number for t in complete)  # every trial exactly once in MLflow
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert {t.user_attrs["mlflow_run_id"] for t in complete} == {r.info.run_id for r in children}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+
+
+def _postgres_url() -> str:
+    url = os.environ.get("HYBRIDSWEEP_TEST_POSTGRES", POSTGRES_URL)
+    parsed = urlparse(url)
+    try:
+        socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 5432), timeout=2).close()
+    except OSError as exc:
+        reason = f"no PostgreSQL server at {parsed.hostname}:{parsed.port or 5432} ({exc}); set HYBRIDSWEEP_TEST_POSTGRES"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return url
+
+
+@pytest.mark.postgres
+def test_postgres_study_with_heartbeat_retries_a_stale_trial(shared_data, test_cache, workdir):
+    url = _postgres_url()
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    args = _args(shared_data, test_cache, workdir, url, "search.n_trials=1", f"search.study_name={name}",
+                 "search.heartbeat_s=1")
+    try:
+        study = _search(args)
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+        # a worker on another machine that stopped beating: its trial is failed and retried on the next run
+        storage = open_storage(url, heartbeat_s=1)
+        stale = optuna.load_study(study_name=name, storage=storage).ask()
+        stale.set_user_attr("worker", "another-host:1:1")
+        storage.record_heartbeat(stale._trial_id)
+        time.sleep(3)
+        study = _search([*args, "search.n_trials=2"])
+        states = _states(study)
+        assert states[stale.number] == TrialState.FAIL
+        retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == stale.number]
+        assert [t.state for t in retried] == [TrialState.COMPLETE]
+        assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+        assert "RUNNING" not in {r.info.status for r in _runs(workdir, name)}
+    finally:
+        try:
+            optuna.delete_study(study_name=name, storage=open_storage(url))
+        except KeyError:
+            pass
+
+
+# --- bad input: one line naming the setting, before any trial runs ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["search.sampler=annealing"], r"search\.sampler=annealing is unknown; choose one of: nsga2, tpe"),
+        (["search=none"], r"task=search needs a sampler"),
+        (["+criterion=l1", "budget.flops=0.5", "order=layer_first", "finetune.lr=0.01", "depth_share=0.5"],
+         r"the search space is empty"),
+        (["search.budgets=[]"], r"search\.budgets=\[\] leaves nothing to search"),
+        (["search.budgets=[0.5,1.5]"], r"search\.budgets=.* is out of range: 1\.5"),
+        (["search.lr=[0.1,0.01]"], r"search\.lr=.* is an empty range"),
+        (["search.criteria=[l1,magic]"], r"search\.criteria: magic is unknown"),
+        (["search.objectives=[accuracy,speed]"], r"search\.objectives: speed is unknown"),
+        (["search.storage=postgresql://nobody:secret@127.0.0.1:1/none"],
+         r"search\.storage=postgresql://nobody:\*\*\*@127\.0\.0\.1:1/none: cannot open the study storage"),
+        (["search.storage=sqlite:////no/such/folder/optuna.db"], r"search\.storage=.*: the folder /no/such/folder"),
+        (["search.storage=optuna.db"], r"search\.storage=optuna\.db is not a storage"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_setting(shared_data, test_cache, workdir, extra, message):
+    args = _args(shared_data, test_cache, workdir, f"sqlite:///{workdir}/bad.db", "search.n_trials=2", *extra)
+    if "search=none" in extra:  # the search group without its settings
+        args = [a for a in args if not a.startswith("search")] + ["search=none"]
+    with pytest.raises(UserError, match=message) as info:
+        _search(args)
+    assert "\n" not in str(info.value) and "secret" not in str(info.value)
+
+
+def test_a_study_name_with_other_objectives_is_refused(shared_data, test_cache, workdir):
+    storage = f"sqlite:///{workdir}/taken.db"
+    optuna.create_study(study_name="taken", storage=storage, directions=["maximize", "minimize"]).set_metric_names(
+        ["finetuned/top1", "params"])
+    args = _args(shared_data, test_cache, workdir, storage, "search.n_trials=2", "search.study_name=taken")
+    with pytest.raises(UserError, match=r"search\.study_name=taken already exists .* with objectives"):
+        _search(args)
+    optuna.create_study(study_name="single", storage=storage, direction="maximize")
+    with pytest.raises(UserError, match=r"search\.study_name=single already exists"):
+        _search([*args, "search.study_name=single"])
+    assert optuna.load_study(study_name="taken", storage=storage).trials == []
