@@ -8,8 +8,9 @@ DEMO_ARGS ?= $(if $(wildcard $(SHARED)/cifar10-jpg.tar.gz),\
 	model=resnet56 model.weights=$(SHARED)/weights/cifar10_resnet56.pth \
 	data=imagefolder data.root=$(SHARED)/cifar10-jpg.tar.gz data.stats=cifar10,\
 	model=resnet56 model.weights=reference data=cifar100)
-# A short real trial: 30% of channels and 20% of blocks out, 200 fine-tune steps.
-DEMO_TRIAL ?= +criterion=l1 channel_ratio=0.3 layer_ratio=0.2 finetune.epochs=1 finetune.max_steps=200 data.test_subset=2000
+# A short real search: 4 NSGA-II trials over the depth/width split at 75% of the FLOPs, 100 fine-tune steps each.
+DEMO_SEARCH ?= +criterion=l1 search=nsga2 search.n_trials=4 budget.flops=0.75 \
+	finetune.epochs=1 finetune.max_steps=100 data.test_subset=1000
 
 .DEFAULT_GOAL := help
 .PHONY: help install test demo ui dashboard bench lint clean
@@ -29,19 +30,21 @@ install: $(VENV)/.installed ## create .venv and install hybridsweep with the dev
 test: install ## run the test suite (the same command CI runs)
 	$(PY) -m pytest
 
-demo: install ## one real pruning trial on embedded defaults (SQLite MLflow store, no servers)
-	$(PY) -m hybridsweep $(DEMO_ARGS) $(DEMO_TRIAL)
+demo: install ## a short real Optuna search on embedded defaults (SQLite files for MLflow and Optuna, no servers)
+	$(PY) -m hybridsweep $(DEMO_ARGS) $(DEMO_SEARCH)
+	@echo "browse the runs: make ui    watch the study: make dashboard"
 
 ui: install ## MLflow UI on the default SQLite store (http://127.0.0.1:5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
-dashboard: install ## optuna-dashboard on the default study storage (arrives with the search)
-	@if [ -f optuna.db ]; then $(VENV)/bin/optuna-dashboard sqlite:///optuna.db --host 127.0.0.1; \
-	else echo "no optuna.db here yet: the Optuna search (issue 5) writes it"; fi
+dashboard: install ## optuna-dashboard on the default study storage (http://127.0.0.1:8080)
+	$(VENV)/bin/optuna-dashboard sqlite:///optuna.db --host 127.0.0.1 --port 8080
 
 bench: install ## the speed benchmarks, quick versions (each prints a side-by-side ratio)
 	$(PY) benchmarks/finetune_throughput.py --quick
 	$(PY) benchmarks/prune_cost.py --quick
+	$(PY) benchmarks/latency_predictor.py --quick
+	$(PY) benchmarks/search_efficiency.py --quick
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check hybridsweep tests benchmarks

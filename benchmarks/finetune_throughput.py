@@ -21,6 +21,10 @@ steps and torch threads:
 Each side is warmed up once, then runs alternate (ours, plain, ours, plain, ...) so that noise from other work on
 the machine hits both; the table shows each run and the median images/s. The last line is `speedup_vs_plain=<x>`
 (median ours / median plain); the goal on a 2-core CPU is >= 1.3.
+
+On a busy machine, two OpenMP threads on two cores collapse when other processes take a core (the threads spin at
+every barrier waiting for a descheduled peer): steps then take several times longer and vary wildly. Compare runs
+only at a similar load average (printed), or try `OMP_WAIT_POLICY=PASSIVE` / `--threads 1`.
 """
 
 import argparse
@@ -146,10 +150,15 @@ class PlainLoop:
 
 
 def load_average() -> str:
+    """The 1/5/15-minute load averages, flagged when other work keeps the cores busy."""
     try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+        loads = os.getloadavg()
     except OSError:
         return "n/a"
+    text = " ".join(f"{v:.2f}" for v in loads)
+    if loads[0] > 0.5 * (os.cpu_count() or 1):
+        text += " (busy machine: other processes compete for the cores, so times are inflated and noisy)"
+    return text
 
 
 def main() -> None:

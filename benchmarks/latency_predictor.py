@@ -75,7 +75,7 @@ def main() -> None:
             {"threads": 1, "batch_size": 1, "warmup": 10, "max_runs": 200},
             num_classes=100,
             out_path=Path(profile_arg),
-            passes=1 if args.quick else 3,
+            passes=3 if args.quick else 5,
         )
         print(f"calibrated {profile_arg} in {time.perf_counter() - start:.0f} s")
     profile = load_profile(profile_arg)

@@ -108,10 +108,15 @@ def timed(fn, *args):
 
 
 def load_average() -> str:
+    """The 1/5/15-minute load averages, flagged when other work keeps the cores busy."""
     try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+        loads = os.getloadavg()
     except OSError:
         return "n/a"
+    text = " ".join(f"{v:.2f}" for v in loads)
+    if loads[0] > 0.5 * (os.cpu_count() or 1):
+        text += " (busy machine: other processes compete for the cores, so times are inflated and noisy)"
+    return text
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from hybridsweep.errors import UserError
 
-TASKS = ("prune", "evaluate", "train_baseline", "latency", "calibrate")
+TASKS = ("prune", "evaluate", "train_baseline", "latency", "calibrate", "search", "report")
 ORDERS = ("layer_first", "channel_first")
 
 

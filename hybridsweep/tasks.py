@@ -98,6 +98,19 @@ def calibrate(cfg: DictConfig) -> dict:
     return {}
 
 
+def search(cfg: DictConfig) -> dict:
+    from hybridsweep.search import run_search
+
+    study = run_search(cfg)  # reads the command line from HydraConfig to compose each trial
+    return {"trials": len(study.trials), "pareto_trials": len(study.best_trials)}
+
+
+def report(cfg: DictConfig) -> dict:
+    from hybridsweep.search import report_from_config
+
+    return {"files": [str(p) for p in report_from_config(cfg)]}
+
+
 def train_baseline(cfg: DictConfig) -> dict:
     return evaluate_baseline(cfg)
 
@@ -108,9 +121,13 @@ TASKS = {
     "train_baseline": train_baseline,
     "latency": latency,
     "calibrate": calibrate,
+    "search": search,
+    "report": report,
 }
 
 
 def run_task(cfg: DictConfig):
+    """Dispatch `task`; a trial with a search configured (search=nsga2 ...) becomes that search."""
     torch.manual_seed(cfg.seed)
-    return TASKS[cfg.task](copy.deepcopy(cfg))
+    task = "search" if cfg.task == "prune" and cfg.search.sampler != "none" else cfg.task
+    return TASKS[task](copy.deepcopy(cfg))

@@ -78,7 +78,10 @@ def _prune(cfg, model, scores) -> tuple[torch.nn.Module, PrunePlan, dict]:
     return solved.model, solved.plan, {"budget/flops_error_pct": error, "budget/solver_evaluations": solved.evaluations}
 
 
-def run_trial(cfg, workbench: Workbench, output_dir: Path, run_name: str | None = None) -> TrialResult:
+def run_trial(
+    cfg, workbench: Workbench, output_dir: Path, run_name: str | None = None, on_epoch_end=None
+) -> TrialResult:
+    """`on_epoch_end(epoch, model)` runs after each fine-tune epoch but the last; it may raise to stop early."""
     device = resolve_device(cfg.device)
     ds = workbench.dataset(cfg)
     base = workbench.baseline(cfg, ds, device)
@@ -105,7 +108,7 @@ def run_trial(cfg, workbench: Workbench, output_dir: Path, run_name: str | None 
         eval_kw = {"device": device, "batch_size": cfg.finetune.eval_batch_size}
         pruned = evaluate(model, ds, desc="evaluate pruned", **eval_kw)
         teacher = copy.deepcopy(base.model) if cfg.finetune.distill > 0 else None
-        stats = fit(model, ds, cfg.finetune, device=device, seed=cfg.seed, teacher=teacher)
+        stats = fit(model, ds, cfg.finetune, device=device, seed=cfg.seed, teacher=teacher, on_epoch_end=on_epoch_end)
         tuned = evaluate(model, ds, desc="evaluate fine-tuned", **eval_kw)
 
         model = model.cpu().to(memory_format=torch.contiguous_format).eval()

@@ -5,19 +5,16 @@ return the objectives. Also: the search space, the early-stop rule and the searc
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 import os
 import socket
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, Trial, TrialState
+from optuna.trial import Trial, TrialState
 
 from hybridsweep.config import ORDERS, criterion_choices
 from hybridsweep.errors import UserError
@@ -348,13 +345,15 @@ class SearchTracker:
         return run.info.run_id
 
     def end_trial(self, run_id: str | None, status: str, tags: dict[str, str] | None = None) -> None:
-        """Close a trial's run if it is still RUNNING (run_trial closes it itself when it gets that far)."""
+        """Close a trial's run if it is still RUNNING (run_trial closes it itself when it gets that far); KILLED
+        (pruned, interrupted, worker gone) also replaces the FAILED that MLflow records for any exception."""
         if not self.enabled or not run_id:
             return
         from mlflow.exceptions import MlflowException
 
         try:
-            if self.client.get_run(run_id).info.status == "RUNNING":
+            current = self.client.get_run(run_id).info.status
+            if current == "RUNNING" or (status == "KILLED" and current == "FAILED"):
                 self.client.set_terminated(run_id, status)
             for key, value in (tags or {}).items():
                 self.client.set_tag(run_id, key, value)
@@ -411,7 +410,7 @@ class SearchTracker:
         """End the parent run, unless another worker still runs trials (the last one ends it)."""
         if not self.enabled or not self.parent_id:
             return
-        if status == "FINISHED" and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             return
         self.client.set_terminated(self.parent_id, status)
 
@@ -452,26 +451,6 @@ class EarlyStop:
                 )
 
         return on_epoch_end
-
-
-@contextmanager
-def _epoch_hook(callback):
-    """Yield run_trial's extra keyword arguments. When run_trial takes `on_epoch_end` it is passed through;
-    otherwise the fit() that run_trial calls is wrapped for the duration of this one trial."""
-    import hybridsweep.trial as trial_module
-
-    if callback is None:
-        yield {}
-        return
-    if "on_epoch_end" in inspect.signature(trial_module.run_trial).parameters:
-        yield {"on_epoch_end": callback}
-        return
-    original = trial_module.fit
-    trial_module.fit = functools.partial(original, on_epoch_end=callback)
-    try:
-        yield {}
-    finally:
-        trial_module.fit = original
 
 
 # --- the objective ------------------------------------------------------------------------------------------
@@ -528,8 +507,7 @@ class Objective:
             hook = self.early_stop.hook(self.study, trial, cfg, bench, group,
                                         lambda m: self.tracker.log_metrics(run_id, m))
         try:
-            with _epoch_hook(hook) as extra:
-                result = run_trial(cfg, bench, out, run_name=run_name, **extra)
+            result = run_trial(cfg, bench, out, run_name=run_name, on_epoch_end=hook)
         except optuna.TrialPruned:
             self.tracker.end_trial(run_id, "KILLED", {"optuna.state": "PRUNED"})
             raise
@@ -563,7 +541,3 @@ class Objective:
         self.tracker.end_trial(result.run_id, "FINISHED",
                                {"optuna.feasible": str(ratio <= plan["budget"] * (1 + BUDGET_TOLERANCE)).lower()})
         return values
-
-
-def frozen_error(trial: FrozenTrial) -> str:
-    return trial.user_attrs.get("error", "see the log above")

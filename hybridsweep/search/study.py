@@ -308,10 +308,28 @@ class _AfterTrial:
             self.failures.clear()
         if self.max_failures and len(self.failures) >= self.max_failures:
             study.stop()
+        try:
+            fail_dead_trials(study, self.tracker)  # a killed fellow worker's trial must not hold its place
+        except Exception as exc:  # bookkeeping must never cost the study
+            print(f"warning: could not check other workers' trials: {_first_line(exc)}", file=sys.stderr)
         self.publish(study)
 
 
 # --- the search -----------------------------------------------------------------------------------------------
+
+
+def front_table(rows: list[dict], objectives: list[str]) -> str:
+    """The Pareto trials as a plain text table, best top-1 first."""
+    columns = ["trial", "budget_group", *objectives, "flops_ratio", "blocks_removed", "channel_ratio", "order"]
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: -r.get(objectives[0], 0))
+
+    def cell(value) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    table = [columns] + [[cell(r.get(c)) for c in columns] for r in front]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(line, widths, strict=True)) for line in table]
+    return "Pareto front:\n" + "\n".join(lines)
 
 
 def run_search(cfg, overrides: Sequence[str] | None = None) -> optuna.Study:
@@ -390,8 +408,10 @@ def run_search(cfg, overrides: Sequence[str] | None = None) -> optuna.Study:
     start = time.perf_counter()
     try:
         if remaining > 0:
+            # A failed trial is replaced (the total counts finished trials); the failure guard ends a run that
+            # only fails. Without the guard, this run stops after `remaining` trials, failed or not.
             study.optimize(
-                objective, n_trials=remaining, catch=(Exception,),
+                objective, n_trials=None if max_failures else remaining, catch=(Exception,),
                 callbacks=[MaxTrialsCallback(n_trials, states=FINISHED), after],
             )
         status = "FINISHED"
@@ -404,9 +424,10 @@ def run_search(cfg, overrides: Sequence[str] | None = None) -> optuna.Study:
         tracker.finish(study, status)
 
     rows = front_rows(study)
+    print(front_table(rows, objective_names(study)))
     print(f"search: {study_title(study, rows)} ({time.perf_counter() - start:.0f} s here)\n"
           f"  front: {' '.join(str(f) for f in files)}\n"
-          f"  MLflow: experiment {name}, parent run {tracker.parent_id or 'tracking disabled'} (make ui); "
+          f"  MLflow: {f'experiment {name}, parent run {tracker.parent_id}' if tracker.enabled else 'off'}; "
           f"Optuna: optuna-dashboard {shown}")
     if max_failures and len(after.failures) >= max_failures:
         last = after.failures[-1]

@@ -23,11 +23,11 @@ import pytest
 from optuna.trial import TrialState
 
 from hybridsweep.errors import UserError
-from hybridsweep.search import run_search
+from hybridsweep.search import report, run_search
 from hybridsweep.search.study import open_storage
 from tests.helpers import compose_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
 REPO = Path(__file__).resolve().parents[2]
 POSTGRES_URL = "postgresql://hybridsweep:hybridsweep@127.0.0.1:5432/hybridsweep"
@@ -188,6 +188,54 @@ def test_optuna_dashboard_serves_the_study(three_trials):
         thread.join(timeout=10)
 
 
+def test_report_draws_several_studies_in_one_plot(three_trials, workdir):
+    _, _, storage = three_trials
+    other = optuna.create_study(study_name="other", storage=storage, directions=["maximize", "minimize"])
+    other.set_metric_names(["finetuned/top1", "latency/cpu/median_ms"])
+    dist = optuna.distributions.FloatDistribution(0, 1)
+    for share, values in ((0.2, [30.0, 3.0]), (0.8, [20.0, 2.0])):
+        other.add_trial(optuna.trial.create_trial(
+            params={"depth_share": share}, distributions={"depth_share": dist}, values=values,
+            user_attrs={"budget_group": "0.5", "plan": {"depth_share": share, "budget": 0.5}}))
+    html, png, table = report(["three", "other"], storage, workdir / "report")
+    lines = table.read_text().splitlines()
+    assert len(lines) == 1 + 3 + 2 and {line.split(",")[0] for line in lines[1:]} == {"three", "other"}
+    assert png.read_bytes()[:4] == b"\x89PNG" and "other" in html.read_text()[-200000:]
+    with pytest.raises(UserError, match=r"search\.studies: no study nothere in .*; it holds: "):
+        report(["nothere"], storage, workdir / "report")
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(shared_data, test_cache, workdir, monkeypatch):
+    import hybridsweep.trial
+
+    real, calls = hybridsweep.trial.run_trial, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hybridsweep.trial, "run_trial", flaky)
+    storage = f"sqlite:///{workdir}/flaky.db"
+    args = _args(shared_data, test_cache, workdir, storage, "search.n_trials=2", "search.study_name=flaky")
+    study = _search(args)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    failed = study.trials[0]
+    assert "out of memory (simulated)" in failed.user_attrs["error"]
+    status = {r.info.run_id: r for r in _runs(workdir, "flaky")}
+    assert status[failed.user_attrs["mlflow_run_id"]].info.status == "FAILED"
+    assert status[failed.user_attrs["mlflow_run_id"]].data.tags["optuna.state"] == "FAIL"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("latency backend unreachable (simulated)")
+
+    monkeypatch.setattr(hybridsweep.trial, "run_trial", broken)
+    with pytest.raises(UserError, match=r"search: 2 trials failed in a row, the last \(trial 4\) with RuntimeError"):
+        _search([*args, "search.n_trials=5", "search.max_consecutive_failures=2"])
+    assert "RUNNING" not in {r.info.status for r in _runs(workdir, "flaky")}
+
+
 def test_kill_mid_trial_then_rerun_keeps_every_finished_trial(shared_data, test_cache, workdir):
     storage = f"sqlite:///{workdir}/killed.db"
     args = _args(shared_data, test_cache, workdir, storage, "search.n_trials=2", "search.study_name=killed")
@@ -233,7 +281,7 @@ def test_kill_mid_trial_then_rerun_keeps_every_finished_trial(shared_data, test_
 
 def test_two_workers_share_a_journal_study(shared_data, test_cache, workdir):
     storage = str(workdir / "shared.journal")
-    args = _args(shared_data, test_cache, workdir, storage, "search.n_trials=4", "search.study_name=shared",
+    args = _args(shared_data, test_cache, workdir, storage, "search.n_trials=3", "search.study_name=shared",
                  "search.sampler=random")
     logs = [open(workdir / f"worker-{i}.log", "w") for i in range(2)]
     try:
@@ -246,11 +294,10 @@ def test_two_workers_share_a_journal_study(shared_data, test_cache, workdir):
     finally:
         for log in logs:
             log.close()
-    assert codes == [0, 0], (workdir / "worker-0.log").read_text()[-2000:] + (workdir / "worker-1.log").read_text()[-2000:]
-    study = optuna.load_study(study_name="shared", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(storage)))
+    assert codes == [0, 0], "".join((workdir / f"worker-{i}.log").read_text()[-2000:] for i in range(2))
+    study = optuna.load_study(study_name="shared", storage=open_storage(storage))
     complete = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(complete) == 4  # the study's total, not 4 per worker
+    assert len(complete) == 3  # the study's total, not 3 per worker
     assert not [t for t in study.trials if t.state == TrialState.FAIL and not t.user_attrs.get("surplus")]
     assert len({t.user_attrs["worker"] for t in complete}) == 2  # both workers ran trials
     parents, children = _split(_runs(workdir, "shared"))
@@ -268,7 +315,8 @@ def _postgres_url() -> str:
     try:
         socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 5432), timeout=2).close()
     except OSError as exc:
-        reason = f"no PostgreSQL server at {parsed.hostname}:{parsed.port or 5432} ({exc}); set HYBRIDSWEEP_TEST_POSTGRES"
+        where = f"{parsed.hostname}:{parsed.port or 5432}"
+        reason = f"no PostgreSQL server at {where} ({exc}); set HYBRIDSWEEP_TEST_POSTGRES to a server's URL"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason)
         pytest.skip(reason)
@@ -276,6 +324,7 @@ def _postgres_url() -> str:
 
 
 @pytest.mark.postgres
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_postgres_study_with_heartbeat_retries_a_stale_trial(shared_data, test_cache, workdir):
     url = _postgres_url()
     name = f"pg-{uuid.uuid4().hex[:8]}"

@@ -436,8 +436,9 @@ def calibrate(
     """Measure the table and the whole-model correction on a measuring backend; write the profile atomically.
 
     `ratios` default: every 0.01 in [0, 0.9] (each reachable width), or every 0.1 on trtexec backends where
-    each measurement is an engine build. `passes` > 1 measures every shape that often in shuffled order and
-    keeps the median, so a burst of load on a shared machine cannot bias a run of neighbouring widths.
+    each measurement is an engine build. `passes` > 1 measures everything that often, shapes in shuffled
+    order, and keeps each one's fastest pass: other work on a shared machine only ever slows a run down, and
+    the profile should describe the device, not the load of the moment.
     """
     from hybridsweep.metrics.latency import LATENCY_BACKENDS  # the registry imports this module
 
@@ -481,9 +482,8 @@ def calibrate(
                 bar.update()
 
     def entry(shape: Shape) -> Entry:
-        runs = block_runs[shape]
-        stats = [float(np.median([getattr(r, key) for r in runs])) for key in ("median_ms", "p90_ms", "mean_ms")]
-        return Entry(shape, *stats)
+        fastest = min(block_runs[shape], key=lambda r: r.median_ms)
+        return Entry(shape, fastest.median_ms, fastest.p90_ms, fastest.mean_ms)
 
     entries = [entry(s) for s in shapes]
     profile = Profile(
@@ -498,7 +498,7 @@ def calibrate(
         head=tuple(e for e in entries if e.shape.kind == "head"),
     )
     sums = [float(profile.block_sum(m, input_shape)[0][0]) for m in models]
-    measured = [float(np.median(runs)) for runs in model_runs]
+    measured = [min(runs) for runs in model_runs]
     described = [
         {"model": model_name, "plan": plan_key(p), "sum_ms": s, "measured_ms": m}
         for p, s, m in zip(plans, sums, measured, strict=True)
