@@ -149,15 +149,17 @@ class PlainLoop:
             torch.cuda.synchronize(self.device)
 
 
-def load_average() -> str:
-    """The 1/5/15-minute load averages, flagged when other work keeps the cores busy."""
+def load_average(at_start: bool = True) -> str:
+    """The 1/5/15-minute load averages; at the start, flagged when other work kept the cores busy."""
     try:
         loads = os.getloadavg()
     except OSError:
         return "n/a"
     text = " ".join(f"{v:.2f}" for v in loads)
+    if not at_start:
+        return text + " (includes this run)"
     if loads[0] > 0.5 * (os.cpu_count() or 1):
-        text += " (busy machine: other processes compete for the cores, so times are inflated and noisy)"
+        text += " (busy: other work used the cores in the last minute, so times may be inflated and noisy)"
     return text
 
 
@@ -241,7 +243,7 @@ def main() -> None:
     for name in ("ours", "plain"):
         shown = ", ".join(f"{v:.0f}" for v in runs[name])
         print(f"| {name:<5} | {pipelines[name]:<53} | {shown:<17} | {statistics.median(runs[name]):>12.0f} |")
-    print(f"load average at end: {load_average()}; total wall time {time.perf_counter() - wall:.1f}s")
+    print(f"load average at end: {load_average(at_start=False)}; total wall time {time.perf_counter() - wall:.1f}s")
     print(f"speedup_vs_plain={ours / base:.2f}")
 
 

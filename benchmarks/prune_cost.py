@@ -107,15 +107,17 @@ def timed(fn, *args):
     return value, time.perf_counter() - start
 
 
-def load_average() -> str:
-    """The 1/5/15-minute load averages, flagged when other work keeps the cores busy."""
+def load_average(at_start: bool = True) -> str:
+    """The 1/5/15-minute load averages; at the start, flagged when other work kept the cores busy."""
     try:
         loads = os.getloadavg()
     except OSError:
         return "n/a"
     text = " ".join(f"{v:.2f}" for v in loads)
+    if not at_start:
+        return text + " (includes this run)"
     if loads[0] > 0.5 * (os.cpu_count() or 1):
-        text += " (busy machine: other processes compete for the cores, so times are inflated and noisy)"
+        text += " (busy: other work used the cores in the last minute, so times may be inflated and noisy)"
     return text
 
 
@@ -243,7 +245,10 @@ def main() -> None:
                 f"evaluation left at the 1000-image subset, so this is an upper bound): trial ~{full:.0f}s, "
                 f"overhead_share ~{overhead / full:.3f}"
             )
-        print(f"load average at end: {load_average()}; benchmark wall time {time.perf_counter() - wall:.1f}s")
+        print(
+            f"load average at end: {load_average(at_start=False)}; "
+            f"benchmark wall time {time.perf_counter() - wall:.1f}s"
+        )
         print(f"overhead_share={share:.3f}")
 
 

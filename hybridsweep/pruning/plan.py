@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from torch import nn
 
 from hybridsweep.errors import UserError
-from hybridsweep.metrics.complexity import count
+from hybridsweep.metrics.complexity import count, single_thread
 from hybridsweep.pruning.channel import prune_channels
 from hybridsweep.pruning.criteria import ChannelOrigin, Scores
 from hybridsweep.pruning.layer import blocks_for_ratio, choose_blocks, removable_count, remove_blocks
@@ -140,7 +140,10 @@ def _solve_width(model, scores, blocks: int, target: float, input_shape, options
         nonlocal evaluations
         evaluations += 1
         candidate = copy.deepcopy(model)
-        plan = apply_plan(candidate, PrunePlan(channel_ratio=ratio, blocks=blocks, **options), scores, input_shape)
+        with single_thread():  # Torch-Pruning traces with batch-1 forwards: one thread is faster on a busy box
+            plan = apply_plan(
+                candidate, PrunePlan(channel_ratio=ratio, blocks=blocks, **options), scores, input_shape
+            )
         return Solved(plan, candidate, count(candidate, input_shape).macs, target, evaluations)
 
     def error(s: Solved) -> float:
