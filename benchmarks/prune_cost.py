@@ -41,9 +41,9 @@ sys.path.insert(0, str(REPO))  # tests.helpers: compose the config exactly as th
 
 from hybridsweep.config import validate  # noqa: E402
 from hybridsweep.metrics.complexity import count  # noqa: E402
-from hybridsweep.pruning.plan import apply_plan, plan_from_ratios, solve_budget  # noqa: E402
+from hybridsweep.pruning.plan import apply_plan  # noqa: E402
 from hybridsweep.train import resolve_device  # noqa: E402
-from hybridsweep.trial import INPUT_SHAPE, run_trial  # noqa: E402
+from hybridsweep.trial import INPUT_SHAPE, prune_model, run_trial  # noqa: E402
 from hybridsweep.workbench import Workbench  # noqa: E402
 from tests.helpers import compose_config  # noqa: E402
 
@@ -85,20 +85,10 @@ def workbench(cache_dir: Path, shared: Workbench) -> Workbench:
 
 
 def prune(cfg, base_model, scores):
-    """The plan/prune step of `run_trial`, through the public API."""
+    """The plan/prune step of `run_trial`, on a copy of the baseline."""
     model = copy.deepcopy(base_model).cpu().to(memory_format=torch.contiguous_format)
-    options = {
-        "order": cfg.order,
-        "score_norm": cfg.layer.score_norm,
-        "round_to": cfg.prune.round_to,
-        "iterative_steps": cfg.prune.iterative_steps,
-        "scope": cfg.prune.scope,
-    }
-    if cfg.budget.flops is None:
-        plan = plan_from_ratios(model, cfg.channel_ratio, cfg.layer_ratio, **options)
-        return model, apply_plan(model, plan, scores, (1, *INPUT_SHAPE))
-    solved = solve_budget(model, scores, cfg.budget.flops, cfg.depth_share, (1, *INPUT_SHAPE), **options)
-    return solved.model, solved.plan
+    model, plan, _ = prune_model(cfg, model, scores)
+    return model, plan
 
 
 def timed(fn, *args):

@@ -60,7 +60,8 @@ def trial_params(cfg) -> dict:
     }
 
 
-def _prune(cfg, model, scores) -> tuple[torch.nn.Module, PrunePlan, dict]:
+def prune_model(cfg, model, scores) -> tuple[torch.nn.Module, PrunePlan, dict]:
+    """Prune `model` (a copy of the baseline) by the configured ratios or FLOP budget; budget metrics aside."""
     options = {
         "order": cfg.order,
         "score_norm": cfg.layer.score_norm,
@@ -99,7 +100,7 @@ def run_trial(
 
         start = time.perf_counter()
         model = copy.deepcopy(base.model).cpu().to(memory_format=torch.contiguous_format)
-        model, plan, budget_metrics = _prune(cfg, model, scores)
+        model, plan, budget_metrics = prune_model(cfg, model, scores)
         metrics["time/prune_s"] = time.perf_counter() - start
         complexity = count(model, (1, *INPUT_SHAPE))
         log.params({"blocks_removed": plan.blocks, "removed_blocks": ",".join(plan.removed_blocks) or "none",

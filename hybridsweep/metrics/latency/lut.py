@@ -86,7 +86,12 @@ class Shape:
         return macs + (pixels * self.in_channels * self.out_channels if self.kind == "basic_proj" else 0)
 
     def module(self) -> nn.Module:
-        """A fresh module of this shape, to be timed on its own."""
+        """A module of this shape to time on its own; seeded, so its ONNX export (the jetson cache key) repeats."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return self._build()
+
+    def _build(self) -> nn.Module:
         if self.kind == "stem":
             return nn.Sequential(
                 conv3x3(self.in_channels, self.out_channels, self.stride),
