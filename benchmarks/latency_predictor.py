@@ -5,7 +5,7 @@
 
 Plans are seeded random (channel ratio in [0, 0.7], layer ratio in [0, 0.6], both orders, some round_to=8) and
 never one the profile's correction was fitted on. Each is predicted from the profile and measured on the `cpu`
-backend (1 thread, batch 1) in 3 interleaved passes (2 with --quick); "measured" is a plan's fastest pass, since
+backend (1 thread, batch 1) in interleaved passes (5, or 3 with --quick); "measured" is a plan's fastest pass, since
 other work on a shared machine only ever slows a run down (the profile is calibrated the same way). The first
 plan is measured again at the end, which shows how much the machine's noise alone moves a measurement.
 The last line is `mape=<x> spearman=<y> repeat_diff=<z>`; the goals are MAPE <= 0.05, Spearman >= 0.95 and
@@ -60,13 +60,14 @@ def main() -> None:
     parser.add_argument("--profile", default=DEFAULT_PROFILE, help="shipped profile name or path")
     parser.add_argument("--plans", type=int, default=40, help="held-out plans (at least 30)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the held-out plans")
+    parser.add_argument("--passes", type=int, help="measuring passes over all plans (default 5, --quick 3)")
     args = parser.parse_args()
     if args.plans < 30:
         parser.error("--plans must be at least 30")
     start = time.perf_counter()
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     timing = {"warmup": 5, "round_runs": 10, "max_runs": 60} if args.quick else {"warmup": 10, "max_runs": 300}
-    passes = 2 if args.quick else 3
+    passes = args.passes or (3 if args.quick else 5)
     backend = LATENCY_BACKENDS.build("cpu", threads=1, batch_size=1, **timing)
 
     profile_arg = args.profile
@@ -77,12 +78,15 @@ def main() -> None:
             {"threads": 1, "batch_size": 1, "warmup": 10, "max_runs": 200},
             num_classes=100,
             out_path=Path(profile_arg),
-            passes=3 if args.quick else 5,
+            whole_models=12,
+            passes=5,
         )
         print(f"calibrated {profile_arg} in {time.perf_counter() - start:.0f} s")
     profile = load_profile(profile_arg)
-    print(f"profile {profile.name}: {profile.backend} on {profile.device}, created {profile.created}, "
-          f"correction {profile.correction.a:.4f} x sum + {profile.correction.b:.4f} ms")
+    print(
+        f"profile {profile.name}: {profile.backend} on {profile.device}, created {profile.created}, "
+        f"correction {profile.correction.a:.4f} x sum + {profile.correction.b:.4f} ms"
+    )
 
     torch.manual_seed(args.seed)
     model = build_model("resnet56", num_classes=int((profile.meta or {}).get("num_classes", 100))).eval()
@@ -119,6 +123,7 @@ def main() -> None:
     print(f"repeat of plan 0: {measured[0]:.3f} ms, then {repeat:.3f} ms at the end")
     print(f"load average at end: {os.getloadavg()[0]:.2f}; {len(plans)} plans in {time.perf_counter() - start:.0f} s")
     print(f"mape={mape:.4f} spearman={spearman:.4f} repeat_diff={repeat_diff:.4f}")
+
 
 if __name__ == "__main__":
     main()

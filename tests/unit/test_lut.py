@@ -68,8 +68,9 @@ def test_shapes_are_read_from_the_pruned_modules(resnet56):
 
 def test_missing_shapes_are_interpolated_between_neighbours():
     profile = load_profile(DEFAULT_PROFILE)
-    identity = sorted((e for e in profile.entries if e.shape.kind == "basic" and e.shape.resolution == 8),
-                      key=lambda e: e.shape.macs)
+    identity = sorted(
+        (e for e in profile.entries if e.shape.kind == "basic" and e.shape.resolution == 8), key=lambda e: e.shape.macs
+    )
     below, missing, above = identity[10:13]
     thinned = replace(profile, entries=tuple(e for e in profile.entries if e is not missing))
     (median, _, _), interpolated = thinned.lookup(missing.shape)

@@ -33,9 +33,7 @@ def measure_or_fallback(
         raise UserError(f"latency.fallback={fallback!r} is invalid: use lut, none or null (no fallback)")
     predictor = None
     if fallback == "lut":
-        predictor = LATENCY_BACKENDS.build(
-            "lut", profile=fallback_profile, batch_size=settings.get("batch_size", 1)
-        )
+        predictor = LATENCY_BACKENDS.build("lut", profile=fallback_profile, batch_size=settings.get("batch_size", 1))
     backend = LATENCY_BACKENDS.build(backend_name, **settings)
     try:
         return backend.measure(model, input_shape=tuple(input_shape)), {}

@@ -7,15 +7,16 @@ blocks' channel counts and how many there are, so a table of block latencies key
 the pruned model's actual modules predicts its latency. Shapes missing from the table are interpolated
 piecewise-linearly in MACs between the measured shapes of the same kind, stride and resolution.
 
-Isolated blocks miss what a whole model costs beyond them (framework dispatch between blocks, cache traffic:
-on a CPU the plain sum under-predicts by ~9%), so calibration also measures a handful of whole pruned models
-and fits `measured ≈ a * sum(table terms) + b` by least squares on relative errors; the profile stores it.
+Isolated blocks miss what a whole model costs beyond them (a block timed in a loop keeps its weights in cache,
+one in a model does not; dispatch between blocks): the plain sum under-predicts, by ~9% to ~20% on this
+machine's CPU. So calibration also measures a handful of whole pruned models and fits
+`measured ≈ a * sum(table terms) + b` by least squares on relative errors; the profile stores a and b.
 
 The grid comes from pruning the model itself with uniform channel ratios (with and without round_to=8) and
 collecting the shapes Torch-Pruning produces, so every width a ResNet-20/56 plan can have is covered exactly
 when the ratio step is fine enough. ResNet-20 and ResNet-56 share their stage widths, hence their shapes.
 - cpu, onnxruntime, cuda: ratio step 0.01, 275 shapes (every reachable width) and 8 whole models, x `passes`;
-  the shipped cpu profile's `calibration_s` says how long it took on this 2-core machine (about 2 minutes).
+  the shipped cpu profile (5 passes, 12 whole models) took 64 s on this idle 2-core machine (`calibration_s`).
 - tensorrt, jetson: every shape is an engine build plus a trtexec run (~10-20 s on a TX2 or Orin), so the
   step is 0.1: 92 shapes and 8 whole models, 100 runs x 10-20 s = 17-35 minutes of device time (one pass).
   The jetson backend caches each result by ONNX content, so an interrupted calibration resumes where it stopped.
@@ -128,7 +129,7 @@ class Entry:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Entry":
-        shape = Shape(**{f.name: data[f.name] for f in fields(Shape)})
+        shape = Shape(**{f.name: (str if f.type is str else int)(data[f.name]) for f in fields(Shape)})
         if shape.kind not in KINDS:
             raise ValueError(f"unknown kind {shape.kind!r}")
         times = [float(data[key]) for key in ("median_ms", "p90_ms", "mean_ms")]
@@ -144,7 +145,7 @@ def model_shapes(model: nn.Module, input_shape: Sequence[int], precision: str) -
             f"latency.profile: the lut predictor covers CIFAR ResNets (stem, BasicBlocks, head), not "
             f"{type(model).__name__}; use a measuring backend such as latency=cpu for it"
         )
-    channels, height, width = input_shape
+    _, height, width = input_shape
     if height != width:
         raise UserError(f"latency=lut: profiles are keyed by square inputs; got {height}x{width}")
     stem = model.conv1
@@ -223,11 +224,14 @@ class Profile:
             "created": self.created,
             **(self.meta or {}),
             "correction": {"a": self.correction.a, "b": self.correction.b, "models": list(self.correction.models)},
-            "stem": [e.to_dict() for e in self.stem],
-            "head": [e.to_dict() for e in self.head],
-            "entries": [e.to_dict() for e in self.entries],
         }
-        return json.dumps(data, indent=1) + "\n"
+        # One table row per line, so a profile reads (and diffs) as a table.
+        tables = {"stem": self.stem, "head": self.head, "entries": self.entries}
+        rows = [
+            f' "{key}": [\n' + ",\n".join(f"  {json.dumps(e.to_dict())}" for e in entries) + "\n ]"
+            for key, entries in tables.items()
+        ]
+        return json.dumps(data, indent=1)[: -len("\n}")] + ",\n" + ",\n".join(rows) + "\n}\n"
 
     @classmethod
     def from_json(cls, text: str, source: str = "profile") -> "Profile":
