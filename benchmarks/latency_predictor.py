@@ -1,15 +1,16 @@
 """How well does the lut predictor track measured latency? Held-out pruned ResNet-56 plans, predicted vs measured.
 
-    python benchmarks/latency_predictor.py --quick          # shipped CPU profile, ~1-3 minutes on 2 cores
-    python benchmarks/latency_predictor.py --calibrate      # calibrate a fresh CPU profile first (~3 more minutes)
+    python benchmarks/latency_predictor.py --quick          # shipped CPU profile, ~1 minute on an idle 2-core CPU
+    python benchmarks/latency_predictor.py --calibrate      # calibrate a fresh CPU profile first (~1 more minute)
 
 Plans are seeded random (channel ratio in [0, 0.7], layer ratio in [0, 0.6], both orders, some round_to=8) and
 never one the profile's correction was fitted on. Each is predicted from the profile and measured on the `cpu`
-backend (1 thread, batch 1) in interleaved passes (5, or 3 with --quick); "measured" is a plan's fastest pass, since
-other work on a shared machine only ever slows a run down (the profile is calibrated the same way). The first
-plan is measured again at the end, which shows how much the machine's noise alone moves a measurement.
-The last line is `mape=<x> spearman=<y> repeat_diff=<z>`; the goals are MAPE <= 0.05, Spearman >= 0.95 and
-repeat_diff < 0.05. The load average is printed because other work slows the measurements, not the predictions.
+backend (1 thread, batch 1) in passes over all plans, each pass in a shuffled order (5 passes, 3 with --quick);
+"measured" is a plan's fastest pass, since other work and slow spells of a shared machine only ever slow a run
+down (the profile is calibrated the same way). The first plan is measured again at the end, which shows how
+much the machine's drift alone moves a measurement. The last line is `mape=<x> spearman=<y> repeat_diff=<z>`;
+the goals are MAPE <= 0.05, Spearman >= 0.95 and repeat_diff < 0.05. The load average is printed because other
+work slows the measurements, not the predictions.
 """
 
 import argparse
@@ -99,11 +100,14 @@ def main() -> None:
         models.append(pruned)
     predicted = np.array([profile.predict(m, INPUT_SHAPE).median_ms for m in models])
 
-    runs = []  # passes x plans: interleaved, so a burst of load hits one pass of many plans, not all passes of one
+    # passes x plans, each pass in its own shuffled order: this machine has slow spells lasting tens of seconds,
+    # and a fixed order would put the same plans in the same spell in every pass.
+    runs = np.zeros((passes, len(models)))
+    rng = random.Random(args.seed)
     for index in range(passes):
-        runs.append([backend.measure(m, input_shape=INPUT_SHAPE).median_ms for m in models])
+        for plan_index in rng.sample(range(len(models)), len(models)):
+            runs[index, plan_index] = backend.measure(models[plan_index], input_shape=INPUT_SHAPE).median_ms
         print(f"measuring pass {index + 1}/{passes} done at {time.perf_counter() - start:.0f} s", flush=True)
-    runs = np.array(runs)
     measured = runs.min(axis=0)
     repeat = min(backend.measure(models[0], input_shape=INPUT_SHAPE).median_ms for _ in range(passes))
 

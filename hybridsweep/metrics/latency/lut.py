@@ -15,10 +15,10 @@ machine's CPU. So calibration also measures a handful of whole pruned models and
 The grid comes from pruning the model itself with uniform channel ratios (with and without round_to=8) and
 collecting the shapes Torch-Pruning produces, so every width a ResNet-20/56 plan can have is covered exactly
 when the ratio step is fine enough. ResNet-20 and ResNet-56 share their stage widths, hence their shapes.
-- cpu, onnxruntime, cuda: ratio step 0.01, 275 shapes (every reachable width) and 8 whole models, x `passes`;
-  the shipped cpu profile (5 passes, 12 whole models) took 64 s on this idle 2-core machine (`calibration_s`).
+- cpu, onnxruntime, cuda: ratio step 0.01, 275 shapes (every reachable width) and 12 whole models, x `passes`;
+  the shipped cpu profile (5 passes) took 64 s on this idle 2-core machine (its `calibration_s`).
 - tensorrt, jetson: every shape is an engine build plus a trtexec run (~10-20 s on a TX2 or Orin), so the
-  step is 0.1: 92 shapes and 8 whole models, 100 runs x 10-20 s = 17-35 minutes of device time (one pass).
+  step is 0.1: 92 shapes and 12 whole models, 104 runs x 10-20 s = 17-35 minutes of device time (one pass).
   The jetson backend caches each result by ONNX content, so an interrupted calibration resumes where it stopped.
 
 Calibrate from Python, e.g. for a TX2:
@@ -436,7 +436,7 @@ def calibrate(
     name: str | None = None,
     ratios: Sequence[float] | None = None,
     round_tos: Sequence[int | None] = (None, 8),
-    whole_models: int = 8,
+    whole_models: int = 12,
     passes: int = 1,
     seed: int = 0,
     input_shape: tuple[int, int, int] = (3, 32, 32),
@@ -486,8 +486,8 @@ def calibrate(
                 block_runs[shape].append(result)
                 first = first or result
                 bar.update()
-            for index, pruned in enumerate(models):
-                model_runs[index].append(backend.measure(pruned, input_shape=input_shape).median_ms)
+            for index in rng.sample(range(len(models)), len(models)):
+                model_runs[index].append(backend.measure(models[index], input_shape=input_shape).median_ms)
                 bar.update()
 
     def entry(shape: Shape) -> Entry:
