@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import load_average
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
@@ -147,20 +148,6 @@ class PlainLoop:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-
-def load_average(at_start: bool = True) -> str:
-    """The 1/5/15-minute load averages; at the start, flagged when other work kept the cores busy."""
-    try:
-        loads = os.getloadavg()
-    except OSError:
-        return "n/a"
-    text = " ".join(f"{v:.2f}" for v in loads)
-    if not at_start:
-        return text + " (includes this run)"
-    if loads[0] > 0.5 * (os.cpu_count() or 1):
-        text += " (busy: other work used the cores in the last minute, so times may be inflated and noisy)"
-    return text
 
 
 def main() -> None:

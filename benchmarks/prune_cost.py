@@ -39,6 +39,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.helpers: compose the config exactly as the test-suite does
 
+from machine import load_average  # noqa: E402
+
 from hybridsweep.config import validate  # noqa: E402
 from hybridsweep.metrics.complexity import count  # noqa: E402
 from hybridsweep.pruning.plan import apply_plan  # noqa: E402
@@ -95,20 +97,6 @@ def timed(fn, *args):
     start = time.perf_counter()
     value = fn(*args)
     return value, time.perf_counter() - start
-
-
-def load_average(at_start: bool = True) -> str:
-    """The 1/5/15-minute load averages; at the start, flagged when other work kept the cores busy."""
-    try:
-        loads = os.getloadavg()
-    except OSError:
-        return "n/a"
-    text = " ".join(f"{v:.2f}" for v in loads)
-    if not at_start:
-        return text + " (includes this run)"
-    if loads[0] > 0.5 * (os.cpu_count() or 1):
-        text += " (busy: other work used the cores in the last minute, so times may be inflated and noisy)"
-    return text
 
 
 def main() -> None:

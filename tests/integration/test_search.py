@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from hybridsweep.errors import UserError
 from hybridsweep.search import report, run_search
 from hybridsweep.search.study import open_storage
-from tests.helpers import compose_config
+from tests.helpers import cheap_real_overrides, compose_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
@@ -44,19 +44,7 @@ def workdir(tmp_path_factory):
 
 def _args(shared_data: Path, cache: Path, root: Path, storage: str, *extra: str) -> list[str]:
     return [
-        "model=resnet20",
-        f"model.weights={shared_data}/weights/cifar10_resnet20.pth",
-        "data=imagefolder",
-        f"data.root={shared_data}/cifar10-jpg.tar.gz",
-        "data.stats=cifar10",
-        "data.train_subset=256",
-        "data.test_subset=100",
-        "data.calibration_size=32",
-        "finetune.epochs=1",
-        "finetune.max_steps=1",
-        "finetune.batch_size=64",
-        "latency.max_runs=40",
-        f"paths.cache_dir={cache}",
+        *cheap_real_overrides(shared_data, cache, train=256, test=100, steps=1),
         f"paths.output_dir={root}/out",
         f"tracking.uri=sqlite:///{root}/mlflow.db",
         "search=nsga2",

@@ -13,26 +13,14 @@ from hybridsweep.pruning.criteria import FeatureMapRank
 from hybridsweep.tasks import run_task
 from hybridsweep.trial import run_trial
 from hybridsweep.workbench import Workbench
-from tests.helpers import compose_config
+from tests.helpers import cheap_real_overrides, compose_config
 
 pytestmark = pytest.mark.slow
 
 
 def _overrides(shared_data: Path, cache: Path, db: Path, *extra: str) -> list[str]:
     return [
-        "model=resnet20",
-        f"model.weights={shared_data}/weights/cifar10_resnet20.pth",
-        "data=imagefolder",
-        f"data.root={shared_data}/cifar10-jpg.tar.gz",
-        "data.stats=cifar10",
-        "data.train_subset=512",
-        "data.test_subset=200",
-        "data.calibration_size=32",
-        "finetune.epochs=1",
-        "finetune.max_steps=3",
-        "finetune.batch_size=64",
-        "latency.max_runs=40",
-        f"paths.cache_dir={cache}",
+        *cheap_real_overrides(shared_data, cache, train=512, test=200, steps=3),
         f"tracking.uri=sqlite:///{db}",
         *extra,
     ]
