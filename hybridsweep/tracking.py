@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 from hybridsweep.errors import UserError
 
 PARENT_ENV = "HYBRIDSWEEP_PARENT_RUN_ID"  # set by the multirun callback so every job nests under one parent
@@ -130,7 +132,7 @@ def parent_run(tracking, run_name: str, tags: dict[str, Any] | None = None) -> I
         mlflow.end_run(status=status)
 
 
-class MultirunParentCallback:
+class MultirunParentCallback(Callback):
     """Hydra callback: one MLflow parent run per multirun, so a grid's jobs are grouped in the UI."""
 
     def __init__(self):
@@ -146,19 +148,3 @@ class MultirunParentCallback:
         if self._parent is not None:
             self._parent.__exit__(None, None, None)
             self._parent = None
-
-    # Hydra calls these hooks on every callback; single runs need no parent.
-    def on_run_start(self, config, **kwargs) -> None:
-        pass
-
-    def on_run_end(self, config, **kwargs) -> None:
-        pass
-
-    def on_job_start(self, config, **kwargs) -> None:
-        pass
-
-    def on_job_end(self, config, job_return, **kwargs) -> None:
-        pass
-
-    def on_compose_config(self, config, config_name, overrides) -> None:
-        pass
