@@ -78,6 +78,14 @@ class Cache:
             atomic_write(path, lambda tmp: torch.save(value, tmp))
             return value
 
+    def get(self, namespace: str, key: str) -> Any | None:
+        """The entry, or None when there is none yet."""
+        path = self.path(namespace, key)
+        return self._load(path) if path.exists() else None
+
+    def put(self, namespace: str, key: str, value: Any) -> None:
+        atomic_write(self.path(namespace, key), lambda tmp: torch.save(value, tmp))
+
     @staticmethod
     def _load(path: Path) -> Any:
         try:

@@ -1,9 +1,12 @@
-"""What trials share: decoded data, the baseline, its accuracy and its importance scores.
+"""What trials share: decoded data, the baseline, its accuracy, its importance scores, and measured latencies.
 
 Each is built once and kept on disk in the content-addressed cache (across processes and sweeps) and in
-memory (across the trials of one process), so a sweep's second trial starts straight at pruning.
+memory (across the trials of one process), so a sweep's second trial starts straight at pruning. A latency is
+kept per architecture (see `architecture_signature`), backend settings and host: two trials that reach the same
+pruned shapes get the same figure, measured once, instead of two readings of the machine's load.
 """
 
+import socket
 from pathlib import Path
 
 import torch
@@ -13,6 +16,9 @@ from hybridsweep.cache import Cache, digest
 from hybridsweep.config import to_plain
 from hybridsweep.data import Dataset, calibration_batch, load_dataset
 from hybridsweep.data.augment import normalize
+from hybridsweep.metrics.complexity import architecture_signature
+from hybridsweep.metrics.latency import LatencyResult
+from hybridsweep.metrics.latency.fallback import measure_or_fallback
 from hybridsweep.pruning.criteria import CRITERIA, Scores
 from hybridsweep.train import Accuracy, evaluate
 
@@ -80,3 +86,20 @@ class Workbench:
             return criterion.scores(model, calibration)
 
         return self._remember(key, lambda: self.cache.get_or_build("scores", key, compute))
+
+    def latency(
+        self, model: torch.nn.Module, settings: dict, input_shape: tuple[int, ...]
+    ) -> tuple[LatencyResult | None, dict[str, str]]:
+        """`measure_or_fallback` once per (architecture, latency settings, host); tags say which architecture
+        and whether this figure was reused. Only measurements are kept: a fallback prediction is not."""
+        arch = architecture_signature(model)
+        key = digest("latency", arch, settings, tuple(input_shape), socket.gethostname())
+        record = self._memo.get(key) or self.cache.get("latency", key)
+        if record is not None:
+            self._memo[key] = record
+            return LatencyResult.from_record(record), {"latency.arch": arch, "latency.reused": "yes"}
+        result, tags = measure_or_fallback(model, settings, input_shape=input_shape)
+        if result is not None and result.source == "measured" and not tags:
+            self._memo[key] = result.as_record()
+            self.cache.put("latency", key, self._memo[key])
+        return result, {**tags, "latency.arch": arch, "latency.reused": "no"}

@@ -6,6 +6,7 @@ torch's FlopCounterMode — Torch-Pruning's counter adds it, which is why its Re
 Counting is a forward pass with hooks: exact for any pruned shape and cheap (tens of ms for ResNet-56).
 """
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -74,3 +75,11 @@ def count(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> Co
     params = sum(p.numel() for p in model.parameters())
     return Complexity(params=params, macs=int(total))
 
+
+
+def architecture_signature(model: nn.Module) -> str:
+    """A short hash of every parameter's and buffer's name and shape: two trials whose plans lead to the same
+    architecture (same blocks removed, same widths) share it, whatever their weights, so its latency is
+    measured once and they are one point on a front."""
+    shapes = ";".join(f"{name}:{tuple(t.shape)}" for name, t in model.state_dict().items())
+    return hashlib.sha256(f"{type(model).__name__}|{shapes}".encode()).hexdigest()[:16]

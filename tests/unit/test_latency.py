@@ -13,7 +13,7 @@ from torch import nn
 from hybridsweep.errors import UserError
 from hybridsweep.export import OnnxMismatchError, check_onnx, export_onnx
 from hybridsweep.metrics.latency import LATENCY_BACKENDS, LatencyResult, measure_latency
-from hybridsweep.metrics.latency.timing import measure_loop
+from hybridsweep.metrics.latency.timing import measure_rounds, summarize
 
 SAMPLE = (3, 32, 32)
 QUICK = {"warmup": 2, "round_runs": 5, "max_runs": 40}  # a short loop: these tests check behaviour, not speed
@@ -41,7 +41,7 @@ def assert_sane(result: LatencyResult, backend: str, batch_size: int = 1) -> Non
     assert result.batch_size == batch_size
     assert 0 < result.median_ms <= result.p90_ms
     assert result.mean_ms > 0 and result.std_ms >= 0
-    assert 2 * QUICK["round_runs"] <= result.runs <= QUICK["max_runs"]
+    assert 3 * QUICK["round_runs"] <= result.runs <= QUICK["max_runs"]
     assert result.device
     assert result.facts["converged"] == "yes" or result.facts["converged"].startswith("no")
 
@@ -105,15 +105,43 @@ def test_metrics_and_tags():
         LatencyResult(1.0, 1.0, 1.0, 0.0, 1, 1, "cpu", "x", source="guessed")
 
 
-def test_loop_stops_when_two_round_medians_agree():
-    samples, converged = measure_loop(lambda: 1.0, warmup=3, round_runs=5, max_runs=100, rel_tol=0.02)
-    assert converged and len(samples) == 10
+LOOP = {"warmup": 0, "round_runs": 5, "rel_tol": 0.02}
+
+
+def summary(rounds, rel_tol=0.02):
+    return summarize(rounds, rel_tol=rel_tol, backend="cpu", device="test", batch_size=1, facts={})
+
+
+def test_loop_stops_once_the_fastest_rounds_agree():
+    rounds = measure_rounds({"m": lambda: 1.0}, max_runs=100, **LOOP)
+    assert len(rounds["m"]) == 3  # min_rounds
+    assert summary(rounds["m"]).facts["converged"] == "yes"
 
 
 def test_loop_stops_at_max_runs_when_it_never_settles():
-    times = iter(float(2**i) for i in range(1000))  # every round twice as slow as the last
-    samples, converged = measure_loop(lambda: next(times), warmup=0, round_runs=1, max_runs=7, rel_tol=0.02)
-    assert not converged and len(samples) == 7
+    times = iter(float(2**i) for i in range(1000))  # every run twice as slow as the last: no two rounds agree
+    rounds = measure_rounds({"m": lambda: next(times)}, max_runs=23, **LOOP)
+    assert [len(r) for r in rounds["m"]] == [5, 5, 5, 5]
+    assert summary(rounds["m"]).facts["converged"].startswith("no (the two fastest")
+
+
+def test_models_are_interleaved_round_by_round_in_rotating_order():
+    calls = []
+    timers = {name: (lambda name=name: calls.append(name) or 1.0) for name in "abc"}
+    rounds = measure_rounds(timers, warmup=0, round_runs=2, max_runs=100, rel_tol=0.02)
+    assert {len(r) for r in rounds.values()} == {3}
+    firsts = [calls[i] for i in range(0, len(calls), 2 * 3)]  # the first model of each round
+    assert firsts == ["a", "b", "c"]
+
+
+def test_kept_statistic_ignores_slowed_rounds_and_says_so():
+    quiet, busy = [1.0] * 5, [3.0] * 5
+    result = summary([busy, quiet, busy, quiet, busy, busy, busy])  # other work slowed most rounds
+    assert result.median_ms == 1.0  # the fastest round's median
+    assert float(result.facts["plain_median_ms"]) == 3.0  # what a plain median would have reported
+    assert result.facts["converged"].startswith("no (p90 is 3.0x the median")
+    assert result.facts["statistic"] == "median of the fastest round of 7 rounds x 5 runs"
+    assert result.facts["load_avg"]
 
 
 def test_unknown_backend_lists_the_names():
@@ -124,7 +152,7 @@ def test_unknown_backend_lists_the_names():
 def test_unknown_or_bad_setting_names_it():
     with pytest.raises(UserError, match=r"latency\.thread is not a setting of latency=cpu; .*threads"):
         LATENCY_BACKENDS.build("cpu", thread=2)
-    with pytest.raises(UserError, match=r"latency\.max_runs=10 .*at least 2 x round_runs = 40"):
+    with pytest.raises(UserError, match=r"latency\.max_runs=10 .*at least 3 x round_runs = 60"):
         LATENCY_BACKENDS.build("onnxruntime", round_runs=20, max_runs=10)
     with pytest.raises(UserError, match=r"latency\.threads"):
         LATENCY_BACKENDS.build("cpu", threads=0)

@@ -160,7 +160,7 @@ def test_without_fallback_the_error_propagates(unreachable_jetson):
 
 def test_fallback_is_unused_when_measuring_works():
     model = build_model("resnet20", num_classes=10)
-    settings = {"backend": "cpu", "warmup": 1, "round_runs": 2, "max_runs": 4, "fallback": "lut"}
+    settings = {"backend": "cpu", "warmup": 1, "round_runs": 2, "max_runs": 6, "fallback": "lut"}
     result, tags = measure_or_fallback(model, settings, input_shape=SHAPE)
     assert result.source == "measured" and tags == {}
 
@@ -168,7 +168,7 @@ def test_fallback_is_unused_when_measuring_works():
 def test_tiny_calibration_writes_a_loadable_profile(tmp_path):
     out = calibrate(
         "cpu",
-        {"threads": 1, "warmup": 1, "round_runs": 2, "max_runs": 4},
+        {"threads": 1, "warmup": 1, "round_runs": 2, "max_runs": 6},
         model_name="resnet20",
         num_classes=10,
         out_path=tmp_path / "tiny.json",

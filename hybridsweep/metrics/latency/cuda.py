@@ -1,12 +1,14 @@
 """PyTorch eager on a CUDA GPU, timed with CUDA events on a dedicated stream."""
 
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from hybridsweep.errors import UserError
-from hybridsweep.metrics.latency.result import LatencyResult, invalid
+from hybridsweep.metrics.latency.result import invalid
 from hybridsweep.metrics.latency.timing import TimedBackend, cuda_events, inference_copy, random_input
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
@@ -41,26 +43,26 @@ class CudaLatency(TimedBackend):
         if self.precision not in PRECISIONS:
             raise invalid("precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
 
-    def measure(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> LatencyResult:
+    @contextmanager
+    def timers(self, models: Mapping[str, nn.Module], input_shape: tuple[int, ...]):
         require_cuda(self.name)
         device = torch.device(self.device)
         dtype = PRECISIONS[self.precision]
-        net = inference_copy(model, device, dtype)
         batch = random_input(self.batch_shape(input_shape), device, dtype)
         stream = torch.cuda.Stream(device)
 
-        def run() -> None:
-            with torch.cuda.stream(stream):
-                net(batch)
+        def on_stream(net: nn.Module) -> Callable[[], None]:
+            def run() -> None:
+                with torch.cuda.stream(stream):
+                    net(batch)
 
+            return run
+
+        nets = {label: inference_copy(model, device, dtype) for label, model in models.items()}
         torch.cuda.synchronize(device)
         with torch.inference_mode():
-            return self.timed(
-                cuda_events(run, stream),
-                device=torch.cuda.get_device_name(device),
-                facts={
-                    "precision": self.precision,
-                    "torch": torch.__version__,
-                    "cuda": str(torch.version.cuda),
-                },
+            yield (
+                {label: cuda_events(on_stream(net), stream) for label, net in nets.items()},
+                torch.cuda.get_device_name(device),
+                {"precision": self.precision, "torch": torch.__version__, "cuda": str(torch.version.cuda)},
             )

@@ -1,14 +1,17 @@
 """ONNX Runtime on the CPU: the exported graph (BatchNorm folded, fused kernels) rather than PyTorch eager."""
 
 import tempfile
+from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import onnxruntime as ort
 from torch import nn
 
 from hybridsweep.export import export_onnx
-from hybridsweep.metrics.latency.result import LatencyResult, invalid
+from hybridsweep.metrics.latency.result import invalid
 from hybridsweep.metrics.latency.timing import TimedBackend, cpu_name, random_input, wall_clock
 
 
@@ -23,21 +26,25 @@ class OnnxRuntimeLatency(TimedBackend):
         if self.threads < 1:
             raise invalid("threads", self.threads, "use a positive number of threads, e.g. 1")
 
-    def measure(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> LatencyResult:
+    @contextmanager
+    def timers(self, models: Mapping[str, nn.Module], input_shape: tuple[int, ...]):
         shape = self.batch_shape(input_shape)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        feed = random_input(shape).numpy()
+        timers = {}
         with tempfile.TemporaryDirectory(prefix="hybridsweep-ort-") as tmp:
-            path = export_onnx(
-                model, Path(tmp) / "model.onnx", input_shape=shape, opset=self.opset, dynamic_batch=False
-            )
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: random_input(shape).numpy()}
-        return self.timed(
-            wall_clock(lambda: session.run(None, feed)),
-            device=cpu_name(),
-            facts={"threads": str(self.threads), "onnxruntime": ort.__version__, "opset": str(self.opset)},
+            for index, (label, model) in enumerate(models.items()):
+                path = export_onnx(
+                    model, Path(tmp) / f"model{index}.onnx", input_shape=shape, opset=self.opset, dynamic_batch=False
+                )
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                timers[label] = wall_clock(partial(session.run, None, {session.get_inputs()[0].name: feed}))
+        yield (
+            timers,
+            cpu_name(),
+            {"threads": str(self.threads), "onnxruntime": ort.__version__, "opset": str(self.opset)},
         )

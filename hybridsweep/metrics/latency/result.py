@@ -44,6 +44,15 @@ class LatencyResult:
             f"{base}/mean_ms": self.mean_ms,
         }
 
+    def as_record(self) -> dict:
+        """Plain values (for the cache): `from_record` rebuilds the result."""
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        return record | {"facts": {str(k): str(v) for k, v in self.facts.items()}}
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> "LatencyResult":
+        return cls(**record)
+
     def as_tags(self) -> dict[str, str]:
         """How the numbers were obtained, as tracker tags: backend, device, source, and the facts."""
         tags = {"latency.backend": self.backend, "latency.device": self.device, "latency.source": self.source}
@@ -88,3 +97,10 @@ class BackendSettings:
 
     def measure(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> LatencyResult:
         raise NotImplementedError
+
+    def measure_many(
+        self, models: Mapping[str, nn.Module], *, input_shape: tuple[int, ...]
+    ) -> dict[str, "LatencyResult"]:
+        """One model after another: right for a dedicated device (a Jetson) or a prediction; the timed local
+        backends override this with one interleaved pass, so load on this machine slows all models alike."""
+        return {label: self.measure(model, input_shape=input_shape) for label, model in models.items()}

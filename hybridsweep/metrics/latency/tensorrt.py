@@ -6,6 +6,8 @@ pycuda or cuda-python is needed. TensorRT, an optional extra, is imported only w
 """
 
 import tempfile
+from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -16,7 +18,7 @@ from torch import nn
 from hybridsweep.errors import UserError
 from hybridsweep.export import export_onnx
 from hybridsweep.metrics.latency.cuda import check_cuda_device, require_cuda
-from hybridsweep.metrics.latency.result import LatencyResult, invalid
+from hybridsweep.metrics.latency.result import invalid
 from hybridsweep.metrics.latency.timing import TimedBackend, cuda_events, random_input
 from hybridsweep.metrics.latency.trtexec import PRECISIONS
 
@@ -59,7 +61,8 @@ class TensorRTLatency(TimedBackend):
         if self.workspace_mb < 1:
             raise invalid("workspace_mb", self.workspace_mb, "use a positive size in MiB, e.g. 1024")
 
-    def measure(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> LatencyResult:
+    @contextmanager
+    def timers(self, models: Mapping[str, nn.Module], input_shape: tuple[int, ...]):
         trt = import_tensorrt()
         require_cuda(self.name)
         major, minor = (int(part) for part in trt.__version__.split(".")[:2])
@@ -69,6 +72,28 @@ class TensorRTLatency(TimedBackend):
                 "TensorRT 8.2 use latency=jetson, which drives the device's trtexec"
             )
         device = torch.device(self.device)
+        stream = torch.cuda.Stream(device)
+        held: list = []  # (runtime, engine, context, buffers) per model, released in reverse order
+        timers = {}
+        try:
+            with torch.cuda.device(device):
+                for label, model in models.items():
+                    run, keep = self._engine_run(trt, major, model, input_shape, device, stream)
+                    held.append(keep)
+                    timers[label] = cuda_events(run, stream)
+                yield (
+                    timers,
+                    torch.cuda.get_device_name(device),
+                    {"tensorrt": trt.__version__, "precision": self.precision, "opset": str(self.opset)},
+                )
+        finally:
+            timers.clear()
+            while held:  # a TensorRT runtime must outlive its engines, an engine its contexts
+                runtime, engine, context, buffers = held.pop()
+                del context, engine, runtime, buffers
+
+    def _engine_run(self, trt, major: int, model: nn.Module, input_shape, device, stream):
+        """Build one model's engine; return its run function and what must stay alive while it is timed."""
         # TensorRT 11 has no FP16 builder flag (networks are strongly typed): FP16 comes from the ONNX types.
         onnx_dtype = torch.float16 if self.precision == "fp16" and major >= 11 else torch.float32
         with tempfile.TemporaryDirectory(prefix="hybridsweep-trt-") as tmp:
@@ -83,30 +108,20 @@ class TensorRTLatency(TimedBackend):
             runtime, engine = self._build_engine(trt, major, onnx_path.read_bytes())
         context = engine.create_execution_context()
         buffers = {}
-        with torch.cuda.device(device):
-            for index in range(engine.num_io_tensors):
-                name = engine.get_tensor_name(index)
-                shape = tuple(engine.get_tensor_shape(name))
-                dtype = TORCH_DTYPES[engine.get_tensor_dtype(name).name]
-                if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                    buffers[name] = random_input(shape, device, dtype)
-                else:
-                    buffers[name] = torch.empty(shape, dtype=dtype, device=device)
-                context.set_tensor_address(name, buffers[name].data_ptr())
-            stream = torch.cuda.Stream(device)
-            torch.cuda.synchronize(device)
-            run = partial(context.execute_async_v3, stream.cuda_stream)
-            if not run():
-                raise UserError(
-                    "latency=tensorrt: TensorRT could not run the engine it built (execute_async_v3)"
-                )
-            result = self.timed(
-                cuda_events(run, stream),
-                device=torch.cuda.get_device_name(device),
-                facts={"tensorrt": trt.__version__, "precision": self.precision, "opset": str(self.opset)},
-            )
-        del run, context, engine, runtime  # in this order: a TensorRT runtime must outlive its engines
-        return result
+        for index in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(index)
+            shape = tuple(engine.get_tensor_shape(name))
+            dtype = TORCH_DTYPES[engine.get_tensor_dtype(name).name]
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                buffers[name] = random_input(shape, device, dtype)
+            else:
+                buffers[name] = torch.empty(shape, dtype=dtype, device=device)
+            context.set_tensor_address(name, buffers[name].data_ptr())
+        torch.cuda.synchronize(device)
+        run = partial(context.execute_async_v3, stream.cuda_stream)
+        if not run():
+            raise UserError("latency=tensorrt: TensorRT could not run the engine it built (execute_async_v3)")
+        return run, (runtime, engine, context, buffers)
 
     def _build_engine(self, trt, major: int, onnx_bytes: bytes):
         logger = trt.Logger(trt.Logger.WARNING)

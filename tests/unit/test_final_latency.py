@@ -1,0 +1,38 @@
+"""The final pass: one interleaved measurement per architecture, the baseline's among them."""
+
+import copy
+
+import pytest
+
+from hybridsweep.final_latency import measure_final, try_measure_final
+from hybridsweep.metrics.complexity import architecture_signature
+from tests.unit.test_latency import QUICK, SAMPLE, small_net
+
+SETTINGS = {"backend": "cpu", "fallback": "lut", **QUICK}
+
+
+def test_one_measurement_per_architecture_and_the_baseline_shared():
+    base = small_net(0)
+    retrained = small_net(1)  # other weights, same shapes: the baseline's architecture
+    narrow = copy.deepcopy(base)
+    narrow[-1] = type(narrow[-1])(16, 5)  # another architecture
+    same_as_narrow = copy.deepcopy(narrow)
+    assert architecture_signature(retrained) == architecture_signature(base)
+    assert architecture_signature(narrow) != architecture_signature(base)
+    final = measure_final({"a": retrained, "b": narrow, "c": same_as_narrow}, base, SETTINGS, SAMPLE)
+    assert len(final.by_arch) == 2
+    assert final.result("a") is final.baseline  # the unpruned architecture is the baseline's own figure
+    assert final.result("b") is final.result("c")
+    m = final.metrics("b")
+    assert m["latency/cpu/final_ms"] == final.result("b").median_ms
+    assert m["final/speedup"] == pytest.approx(final.baseline.median_ms / final.result("b").median_ms)
+    tags = final.tags("b")
+    assert tags["latency.final.pass"] == "one interleaved pass over 2 architectures, the baseline's among them"
+    assert tags["latency.final.statistic"].startswith("median of the fastest round")
+    assert final.result("b").facts["interleaved_with"] == "1"
+
+
+def test_a_backend_that_cannot_measure_leaves_the_trial_figures(capsys):
+    settings = {"backend": "jetson", "host": "127.0.0.1", "port": 1, "connect_timeout_s": 1}
+    assert try_measure_final({"a": small_net()}, small_net(), settings, SAMPLE) is None
+    assert "the per-trial latencies stand" in capsys.readouterr().err
