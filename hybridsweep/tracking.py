@@ -6,6 +6,7 @@ by a user mistake or a crash inside the trial. `tracking.enabled=false` swaps in
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,10 +88,7 @@ class NullLogger(RunLogger):
 def _connect(uri: str, experiment: str):
     import mlflow
 
-    if uri.startswith("file:") or "://" not in uri:
-        raise UserError(
-            f"tracking.uri={uri}: MLflow 3 refuses file stores; use sqlite:///mlflow.db or a server URL"
-        )
+    _check_store(uri)
     mlflow.set_tracking_uri(uri)
     try:
         mlflow.set_experiment(experiment)
@@ -148,3 +146,94 @@ class MultirunParentCallback(Callback):
         if self._parent is not None:
             self._parent.__exit__(None, None, None)
             self._parent = None
+
+
+def ensure_experiment(uri: str, name: str, artifact_dir: Path) -> str:
+    """The experiment's id, created with its artifacts under `artifact_dir` (MLflow's default would put them
+    in ./mlruns of whatever folder the first run started in)."""
+    from mlflow import MlflowClient
+
+    _check_store(uri)
+    client = MlflowClient(tracking_uri=uri)
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    return client.create_experiment(name, artifact_location=artifact_dir.resolve().as_uri())
+
+
+def _check_store(uri: str) -> None:
+    if uri.startswith("file:") or "://" not in uri:
+        raise UserError(
+            f"tracking.uri={uri}: MLflow 3 refuses file stores; use sqlite:///mlflow.db or a server URL"
+        )
+
+
+def finished_trial_runs(uri: str, experiment: str) -> list:
+    """Every FINISHED trial run of an experiment (oldest first), as MLflow Run objects."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string="tags.`hybridsweep.kind` = 'trial' and attributes.status = 'FINISHED'",
+        max_results=50000,
+        order_by=["attributes.start_time ASC"],
+    )
+    return list(runs)
+
+
+def update_run(uri: str, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
+    """Add metrics and tags to a finished run (the final latency pass does this after the trial)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+
+    client = MlflowClient(tracking_uri=uri)
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        tags=[RunTag(k, str(v)) for k, v in tags.items()],
+    )
+
+
+def download_model(uri: str, run_id: str) -> Path:
+    """The run's `model/` artefacts (plan.json, model.pt, model.onnx) as a local folder."""
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", tracking_uri=uri))
+
+
+def log_report_run(tracking, studies: list[str], files: list[Path]) -> str | None:
+    """`task=report`: the overlaid fronts as a run of their own, in the experiment `tracking.experiment`."""
+    if not tracking.enabled:
+        return None
+    import mlflow
+
+    _connect(tracking.uri, tracking.experiment)
+    tags = {"hybridsweep.kind": "report", "report.studies": ",".join(studies)}
+    with mlflow.start_run(run_name="report: " + " vs ".join(studies), tags=tags) as run:
+        for path in files:
+            mlflow.log_artifact(str(path), artifact_path="pareto")
+        plotly_js = Path(files[0]).with_name("plotly.min.js")
+        if plotly_js.is_file():
+            mlflow.log_artifact(str(plotly_js), artifact_path="pareto")
+        return run.info.run_id
+
+
+def close_stale_runs(uri: str, experiment: str, tag: str) -> int:
+    """Runs carrying `tag` left RUNNING by a runner that was killed (the caller holds the only runner's lock)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return 0
+    stale = client.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
+    stale = [run for run in stale if tag in run.data.tags]
+    for run in stale:
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(stale)

@@ -14,7 +14,8 @@ from hybridsweep.artifacts import save_pruned
 from hybridsweep.config import to_plain
 from hybridsweep.export import export_onnx
 from hybridsweep.metrics.complexity import count
-from hybridsweep.metrics.latency.fallback import measure_or_fallback
+from hybridsweep.metrics.latency import LatencyResult
+from hybridsweep.pruning.layer import removable_count
 from hybridsweep.pruning.plan import BUDGET_TOLERANCE, PrunePlan, apply_plan, plan_from_ratios, solve_budget
 from hybridsweep.tracking import git_commit, trial_run
 from hybridsweep.train import evaluate, fit, resolve_device
@@ -33,11 +34,10 @@ class TrialResult:
 
 
 def trial_params(cfg) -> dict:
+    """What the trial was asked for; what its plan resolved to (the effective ratios) is logged after pruning."""
     return {
         "criterion": cfg.criterion.name,
         "order": cfg.order,
-        "channel_ratio": cfg.channel_ratio,
-        "layer_ratio": cfg.layer_ratio,
         "budget_flops": cfg.budget.flops,
         "depth_share": cfg.depth_share,
         "score_norm": cfg.layer.score_norm,
@@ -57,6 +57,18 @@ def trial_params(cfg) -> dict:
         "distill": cfg.finetune.distill,
         "latency_backend": cfg.latency.backend,
         "git_commit": git_commit(),
+    }
+
+
+def latency_gain(latency: LatencyResult | None, baseline: LatencyResult | None) -> dict[str, float]:
+    """The pruned model against the unpruned one on the same backend; nothing when either is missing or they
+    come from different sources (a prediction is never compared with a measurement)."""
+    if latency is None or baseline is None or (latency.backend, latency.source) != (baseline.backend, baseline.source):
+        return {}
+    return {
+        **baseline.as_metrics("baseline/latency"),
+        "latency_reduction_pct": 100.0 * (1 - latency.median_ms / baseline.median_ms),
+        "speedup": baseline.median_ms / latency.median_ms,
     }
 
 
@@ -80,13 +92,15 @@ def prune_model(cfg, model, scores) -> tuple[torch.nn.Module, PrunePlan, dict]:
 
 
 def run_trial(
-    cfg, workbench: Workbench, output_dir: Path, run_name: str | None = None, on_epoch_end=None
+    cfg, workbench: Workbench, output_dir: Path, run_name: str | None = None, on_epoch_end=None,
+    run_tags: dict[str, str] | None = None,
 ) -> TrialResult:
-    """`on_epoch_end(epoch, model)` runs after each fine-tune epoch but the last; it may raise to stop early."""
+    """`on_epoch_end(epoch, model)` runs after each fine-tune epoch but the last; it may raise to stop early.
+    `run_tags` are set on the run when it opens (an experiment marks which variant the run is)."""
     device = resolve_device(cfg.device)
     ds = workbench.dataset(cfg)
     base = workbench.baseline(cfg, ds, device)
-    tags = {"hybridsweep.kind": "trial"}
+    tags = {"hybridsweep.kind": "trial", "criterion": cfg.criterion.name, **(run_tags or {})}
     with trial_run(cfg.tracking, run_name or f"{cfg.criterion.name}-{cfg.model.name}", tags) as log:
         log.params(trial_params(cfg))
         log.dict(OmegaConf.to_container(cfg, resolve=False), "config.yaml")
@@ -103,8 +117,15 @@ def run_trial(
         model, plan, budget_metrics = prune_model(cfg, model, scores)
         metrics["time/prune_s"] = time.perf_counter() - start
         complexity = count(model, (1, *INPUT_SHAPE))
-        log.params({"blocks_removed": plan.blocks, "removed_blocks": ",".join(plan.removed_blocks) or "none",
-                    "solved_channel_ratio": round(plan.channel_ratio, 6), "solved_scope": plan.scope})
+        # a ratio trial logs the ratios asked for; a budget trial the ones its solved plan used
+        layer_ratio = cfg.layer_ratio if cfg.budget.flops is None else plan.blocks / max(removable_count(base.model), 1)
+        log.params({
+            "channel_ratio": round(plan.channel_ratio, 6),
+            "layer_ratio": round(layer_ratio, 6),
+            "blocks_removed": plan.blocks,
+            "removed_blocks": ",".join(plan.removed_blocks) or "none",
+            "solved_scope": plan.scope,
+        })
 
         eval_kw = {"device": device, "batch_size": cfg.finetune.eval_batch_size}
         pruned = evaluate(model, ds, desc="evaluate pruned", **eval_kw)
@@ -113,15 +134,20 @@ def run_trial(
         tuned = evaluate(model, ds, desc="evaluate fine-tuned", **eval_kw)
 
         model = model.cpu().to(memory_format=torch.contiguous_format).eval()
-        latency, fallback_tags = measure_or_fallback(model, to_plain(cfg.latency), input_shape=INPUT_SHAPE)
-        latency_tags = (latency.as_tags() if latency is not None else {}) | fallback_tags
+        settings = to_plain(cfg.latency)
+        latency, how = workbench.latency(model, settings, INPUT_SHAPE)
+        latency_tags = (latency.as_tags() if latency is not None else {}) | how
+        base_latency, _ = workbench.latency(base.model, settings, INPUT_SHAPE)
 
-        metrics |= {
+        metrics = {
+            "finetuned/top1": tuned.top1,  # the objectives first: MLflow's compare view lists metrics in order
+            **(latency.as_metrics() if latency is not None else {}),
+            **latency_gain(latency, base_latency),
+            **metrics,
             "baseline/top1": before.top1,
             "baseline/top5": before.top5,
             "pruned/top1": pruned.top1,
             "pruned/top5": pruned.top5,
-            "finetuned/top1": tuned.top1,
             "finetuned/top5": tuned.top5,
             "top1_drop": before.top1 - tuned.top1,
             **{f"baseline/{k}": v for k, v in baseline_complexity.as_metrics().items()},
@@ -131,7 +157,6 @@ def run_trial(
             "finetune/steps": stats.steps,
             "finetune/seconds": stats.seconds,
             "finetune/images_per_s": stats.images_per_second,
-            **(latency.as_metrics() if latency is not None else {}),
         }
         log.metrics(metrics)
         log.tags(latency_tags)

@@ -25,7 +25,7 @@ SEARCHED_KEYS = {
     "budget.flops": "budget",
     "order": "order",
     "criterion": "criterion",
-    "finetune.lr": "lr",
+    "finetune.lr": "finetune_lr",  # the same name as the MLflow param
 }
 OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "params": "minimize", "flops": "minimize"}
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -189,9 +189,9 @@ def parse_space(search, cfg, fixed_keys: set[str]) -> SearchSpace:
         low, high = _pair(search.lr, "search.lr")
         if low <= 0:
             raise UserError(f"search.lr={list(search.lr)} is invalid: learning rates are > 0 (searched on a log scale)")
-        dims.append(Dimension("lr", "finetune.lr", low=low, high=high, log=True))
+        dims.append(Dimension("finetune_lr", "finetune.lr", low=low, high=high, log=True))
     else:
-        fixed["lr"] = float(cfg.finetune.lr)
+        fixed["finetune_lr"] = float(cfg.finetune.lr)
 
     if not dims:
         raise UserError(
@@ -292,6 +292,7 @@ class SearchTracker:
         self.study_name = study_name
         self.parent_id: str | None = None
         self._pareto: dict[str, str] = {}
+        self._plotly_logged = False
         if not self.enabled:
             return
         import mlflow
@@ -340,7 +341,7 @@ class SearchTracker:
         run = self.client.create_run(
             self.experiment_id, run_name=run_name,
             tags={"mlflow.parentRunId": self.parent_id, "optuna.study": self.study_name, "optuna.trial": str(number),
-                  "hybridsweep.kind": "trial"},
+                  "study": self.study_name, "hybridsweep.kind": "trial"},
         )
         return run.info.run_id
 
@@ -403,8 +404,22 @@ class SearchTracker:
             return
         for path in files:
             self.client.log_artifact(self.parent_id, str(path), artifact_path="pareto")
+        plotly_js = Path(files[0]).with_name("plotly.min.js") if files else None
+        if plotly_js is not None and plotly_js.is_file() and not self._plotly_logged:  # 4.6 MB: once per run
+            self.client.log_artifact(self.parent_id, str(plotly_js), artifact_path="pareto")
+            self._plotly_logged = True
         self.client.log_metric(self.parent_id, "search/complete_trials", complete, step=step)
         self.client.log_metric(self.parent_id, "search/front_size", front, step=step)
+
+    def log_baseline(self, baseline: dict) -> None:
+        """The unpruned model on the parent run: what every trial of the front is compared with."""
+        if not self.enabled or not self.parent_id:
+            return
+        for key in ("top1", "params", "flops"):
+            self.client.log_metric(self.parent_id, f"baseline/{key}", float(baseline[key]))
+        self.client.log_metric(self.parent_id, f"baseline/latency/{baseline['backend']}/final_ms",
+                               float(baseline["latency_ms"]))
+        self.client.set_tag(self.parent_id, "baseline.latency.load_avg", str(baseline["load_avg"]))
 
     def finish(self, study: optuna.Study, status: str) -> None:
         """End the parent run, unless another worker still runs trials (the last one ends it)."""
@@ -533,6 +548,10 @@ class Objective:
             "flops_ratio": ratio,
             "blocks_removed": result.plan.blocks,
             "channel_ratio": result.plan.channel_ratio,
+            "arch": result.tags.get("latency.arch", ""),
+            "baseline/top1": float(m["baseline/top1"]),
+            **({"latency_reduction_pct": float(m["latency_reduction_pct"])} if "latency_reduction_pct" in m else {}),
+            **({"load_avg": result.tags["latency.load_avg"]} if "latency.load_avg" in result.tags else {}),
             **{k: float(m[k]) for k in dict.fromkeys(["finetuned/top1", "params", "flops", *self.metric_keys])
                if k in m},
         }

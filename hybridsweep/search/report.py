@@ -1,10 +1,13 @@
 """Pareto fronts as files: a table (CSV), an interactive plotly page (HTML) and a picture (PNG).
 
 A study's front is computed per budget group (a list of budgets gives one front per budget) from its complete,
-feasible trials (every `trial.set_constraint` value <= 0). `report` draws several studies in one plot
+feasible trials (every `trial.set_constraint` value <= 0), one trial per architecture. Once the final latency
+pass has run (`remeasure.py`), the front is drawn from its re-measured figures, and the unpruned baseline
+(measured in the same pass) is drawn as the reference point. `report` draws several studies in one plot
 (`task=report`); `hypervolume` scores a front for the search-efficiency benchmark.
 
-The PNG is drawn with matplotlib: plotly's kaleido needs a Chrome download, which fails offline.
+The PNG is drawn with matplotlib: plotly's kaleido needs a Chrome download, which fails offline. The HTML loads
+plotly.js from a `plotly.min.js` beside it (written once per folder) instead of inlining 4.6 MB per file.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 FRONT_FILES = ("front.html", "front.png", "front.csv")
-_PLAN_KEYS = ("budget", "depth_share", "order", "criterion", "lr")
+PLOTLY_JS = "plotly.min.js"
+_PLAN_KEYS = ("budget", "depth_share", "order", "criterion", "finetune_lr")
+FINAL_ATTR = "final_latency"  # study user attr: {trial number: re-measured latency (ms)}
+BASELINE_ATTR = "baseline"  # study user attr: the unpruned model's top1, params, flops, latency_ms
 
 
 def objective_names(study: optuna.Study) -> list[str]:
@@ -31,7 +37,7 @@ def is_feasible(trial: FrozenTrial) -> bool:
     return all(v <= 0 for v in trial.constraints.values())
 
 
-def _losses(values: Sequence[float], directions: Sequence[StudyDirection]) -> tuple[float, ...]:
+def losses(values: Sequence[float], directions: Sequence[StudyDirection]) -> tuple[float, ...]:
     return tuple(-v if d == StudyDirection.MAXIMIZE else v for v, d in zip(values, directions, strict=True))
 
 
@@ -49,17 +55,34 @@ def non_dominated(points: Sequence[Sequence[float]]) -> list[bool]:
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per complete trial, with `pareto` set for the trials on their budget group's front."""
+    """One row per complete trial, with `pareto` set for the trials on their budget group's front. After the
+    final latency pass, the front is taken among the re-measured trials with their final figures; trials of an
+    architecture that another trial of the study already reached with a better first objective never join it."""
     names = objective_names(study)
+    final = {int(k): v for k, v in (study.user_attrs.get(FINAL_ATTR) or {}).items()}
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best_of_arch: dict[str, FrozenTrial] = {}
+    for t in trials:
+        arch = t.user_attrs.get("arch")
+        if arch and (arch not in best_of_arch or losses(t.values, study.directions)[0]
+                     < losses(best_of_arch[arch].values, study.directions)[0]):
+            best_of_arch[arch] = t
+
+    def values(t: FrozenTrial) -> list[float]:
+        out = list(t.values)
+        if final and len(out) > 1:
+            out[1] = final[t.number]  # the latency objective comes second
+        return out
+
     groups: dict[str, list[FrozenTrial]] = {}
     for t in trials:
-        groups.setdefault(str(t.user_attrs.get("budget_group", "all")), []).append(t)
+        distinct = best_of_arch.get(t.user_attrs.get("arch"), t) is t
+        if distinct and is_feasible(t) and (not final or t.number in final):
+            groups.setdefault(str(t.user_attrs.get("budget_group", "all")), []).append(t)
     on_front: set[int] = set()
     for members in groups.values():
-        feasible = [t for t in members if is_feasible(t)]
-        flags = non_dominated([_losses(t.values, study.directions) for t in feasible])
-        on_front |= {t.number for t, flag in zip(feasible, flags, strict=True) if flag}
+        flags = non_dominated([losses(values(t), study.directions) for t in members])
+        on_front |= {t.number for t, flag in zip(members, flags, strict=True) if flag}
     rows = []
     for t in trials:
         plan = t.user_attrs.get("plan", {})
@@ -71,16 +94,32 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "feasible": is_feasible(t),
         }
         row |= dict(zip(names, t.values, strict=True))
+        row["final_latency_ms"] = final.get(t.number)
         row |= {key: plan.get(key, t.params.get(key)) for key in _PLAN_KEYS}
         row |= {
             "flops_ratio": t.user_attrs.get("flops_ratio"),
             "blocks_removed": t.user_attrs.get("blocks_removed"),
             "channel_ratio": t.user_attrs.get("channel_ratio"),
+            "arch": t.user_attrs.get("arch"),
             "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
         }
         rows.append(row)
     rows.sort(key=lambda r: (r["study"], r["budget_group"], [r[n] for n in names]))
     return rows
+
+
+def baseline_row(study: optuna.Study) -> dict[str, Any] | None:
+    """The unpruned model as a row of the front's table (after the final pass), or None before it."""
+    base = study.user_attrs.get(BASELINE_ATTR)
+    if not base:
+        return None
+    names = objective_names(study)
+    known = {"finetuned/top1": base["top1"], "params": base["params"], "flops": base["flops"]}
+    row: dict[str, Any] = {"study": study.study_name, "trial": "baseline (unpruned)", "budget_group": "1",
+                           "pareto": False, "feasible": True}
+    row |= {n: (base["latency_ms"] if n.startswith("latency/") else known.get(n)) for n in names}
+    row |= {"final_latency_ms": base["latency_ms"], "flops_ratio": 1.0, "blocks_removed": 0, "channel_ratio": 0.0}
+    return row
 
 
 def _axes(names: Sequence[str], directions: Sequence[StudyDirection]) -> tuple[str, str | None]:
@@ -89,9 +128,24 @@ def _axes(names: Sequence[str], directions: Sequence[StudyDirection]) -> tuple[s
 
 
 def _label(name: str, direction: StudyDirection | None) -> str:
+    if name.startswith("latency/"):
+        backend = name.split("/")[1]
+        text = f"latency on {backend}, batch 1, ms (final pass where re-measured)"
+    else:
+        names = {"finetuned/top1": "top-1 after fine-tuning, %", "params": "parameters", "flops": "FLOPs"}
+        text = names.get(name, name)
     if direction is None:
-        return name
-    return f"{name} ({'higher' if direction == StudyDirection.MAXIMIZE else 'lower'} is better)"
+        return text
+    return f"{text} ({'higher' if direction == StudyDirection.MAXIMIZE else 'lower'} is better)"
+
+
+def _x_value(x_name: str | None):
+    """Where a row is drawn on x: its final re-measured latency when it has one."""
+    if x_name is None:
+        return lambda r: r["trial"]
+    if x_name.startswith("latency/"):
+        return lambda r: r["final_latency_ms"] if r.get("final_latency_ms") is not None else r[x_name]
+    return lambda r: r[x_name]
 
 
 def _series(rows: Sequence[dict], names: Sequence[str]) -> dict[tuple[str, str], list[dict]]:
@@ -120,7 +174,8 @@ def _hover(row: dict, names: Sequence[str]) -> str:
     return "<br>".join(parts)
 
 
-def plotly_figure(rows: Sequence[dict], names: Sequence[str], directions: Sequence[StudyDirection], title: str):
+def plotly_figure(rows: Sequence[dict], names: Sequence[str], directions: Sequence[StudyDirection], title: str,
+                  baselines: Sequence[dict] = ()):
     import plotly.graph_objects as go
 
     y_name, x_name = _axes(names, directions)
@@ -131,7 +186,7 @@ def plotly_figure(rows: Sequence[dict], names: Sequence[str], directions: Sequen
     for i, ((study, group), members) in enumerate(sorted(series.items())):
         color = palette[i % len(palette)]
         label = _series_name(study, group, several)
-        x_of = (lambda r: r[x_name]) if x_name else (lambda r: r["trial"])
+        x_of = _x_value(x_name)
         others = [r for r in members if not r["pareto"]]
         front = sorted((r for r in members if r["pareto"]), key=x_of)
         fig.add_trace(go.Scatter(
@@ -145,6 +200,12 @@ def plotly_figure(rows: Sequence[dict], names: Sequence[str], directions: Sequen
             name=f"{label}: Pareto front", legendgroup=label, line={"color": color, "shape": "hv"},
             marker={"color": color, "size": 10}, text=[_hover(r, names) for r in front], hoverinfo="text",
         ))
+    for base in _distinct_baselines(baselines, x_name):
+        fig.add_trace(go.Scatter(
+            x=[_x_value(x_name)(base)], y=[base[y_name]], mode="markers", name="unpruned baseline",
+            marker={"color": "black", "size": 16, "symbol": "star"}, hoverinfo="text",
+            text=[f"unpruned baseline<br>{y_name}: {base[y_name]:.4g}<br>latency: {base['final_latency_ms']:.4g} ms"],
+        ))
     direction = dict(zip(names, directions, strict=True))
     fig.update_layout(
         title=title, template="plotly_white", hovermode="closest",
@@ -154,8 +215,19 @@ def plotly_figure(rows: Sequence[dict], names: Sequence[str], directions: Sequen
     return fig
 
 
+def _distinct_baselines(baselines: Sequence[dict], x_name: str | None) -> list[dict]:
+    """One star per distinct baseline figure (studies re-measured in one pass share theirs)."""
+    seen, out = set(), []
+    for base in baselines:
+        key = (base.get("final_latency_ms"), base.get("finetuned/top1"))
+        if x_name is not None and key not in seen:
+            seen.add(key)
+            out.append(base)
+    return out
+
+
 def _png(rows: Sequence[dict], names: Sequence[str], directions: Sequence[StudyDirection], title: str,
-         path: Path) -> None:
+         path: Path, baselines: Sequence[dict] = ()) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -168,7 +240,7 @@ def _png(rows: Sequence[dict], names: Sequence[str], directions: Sequence[StudyD
     for i, ((study, group), members) in enumerate(sorted(series.items())):
         color = f"C{i % 10}"
         label = _series_name(study, group, several)
-        x_of = (lambda r: r[x_name]) if x_name else (lambda r: r["trial"])
+        x_of = _x_value(x_name)
         others = [r for r in members if not r["pareto"]]
         front = sorted((r for r in members if r["pareto"]), key=x_of)
         feasible = [r for r in others if r["feasible"]]
@@ -179,6 +251,9 @@ def _png(rows: Sequence[dict], names: Sequence[str], directions: Sequence[StudyD
                    alpha=0.5)
         ax.step([x_of(r) for r in front], [r[y_name] for r in front], where="post", color=color, marker="o",
                 label=f"{label} (front: {len(front)} of {len(members)})")
+    for base in _distinct_baselines(baselines, x_name):
+        ax.scatter([_x_value(x_name)(base)], [base[y_name]], marker="*", s=220, color="black", zorder=5,
+                   label=f"unpruned baseline ({base[y_name]:.4g}, {base['final_latency_ms']:.3g} ms)")
     direction = dict(zip(names, directions, strict=True))
     ax.set_xlabel(_label(x_name, direction[x_name]) if x_name else "trial")
     ax.set_ylabel(_label(y_name, direction[y_name]))
@@ -202,14 +277,16 @@ def write_csv(rows: Sequence[dict], path: Path) -> Path:
 
 
 def write_front(rows: Sequence[dict], names: Sequence[str], directions: Sequence[StudyDirection], out_dir: Path,
-                title: str) -> list[Path]:
-    """front.html (interactive, self-contained: works offline), front.png, front.csv in `out_dir`."""
+                title: str, baselines: Sequence[dict] = ()) -> list[Path]:
+    """front.html (interactive, offline: plotly.min.js beside it), front.png, front.csv (baseline rows first)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     html, png, table = (out_dir / name for name in FRONT_FILES)
-    plotly_figure(rows, names, directions, title).write_html(html, include_plotlyjs=True, full_html=True)
-    _png(rows, names, directions, title, png)
-    write_csv(rows, table)
+    # "directory" writes plotly.min.js once per folder and points the page at it
+    plotly_figure(rows, names, directions, title, baselines).write_html(html, include_plotlyjs="directory",
+                                                                        full_html=True)
+    _png(rows, names, directions, title, png, baselines)
+    write_csv([*baselines, *rows], table)
     return [html, png, table]
 
 
@@ -220,12 +297,14 @@ def study_title(study: optuna.Study, rows: Sequence[dict]) -> str:
 
 def write_study_front(study: optuna.Study, out_dir: Path) -> list[Path]:
     rows = front_rows(study)
-    return write_front(rows, objective_names(study), study.directions, out_dir, study_title(study, rows))
+    base = baseline_row(study)
+    return write_front(rows, objective_names(study), study.directions, out_dir, study_title(study, rows),
+                       [base] if base else [])
 
 
-def report(study_names: Iterable[str] | None, storage, out_dir: str | Path) -> list[Path]:
-    """Draw several studies' Pareto fronts in one plot; `storage` is a URL/path (as `search.storage`) or a
-    storage object; `study_names` None means every study in it. Their objectives must match."""
+def load_studies(study_names: Iterable[str] | None, storage) -> list[optuna.Study]:
+    """Studies to draw in one plot; `storage` is a URL/path (as `search.storage`) or a storage object;
+    `study_names` None means every study in it. Their objectives must match."""
     from hybridsweep.errors import UserError
     from hybridsweep.search.study import open_storage
 
@@ -247,25 +326,43 @@ def report(study_names: Iterable[str] | None, storage, out_dir: str | Path) -> l
                 f"search.studies: {s.study_name} has objectives {objective_names(s)}, {first.study_name} has "
                 f"{objective_names(first)}; only studies with the same objectives share one plot"
             )
+    return studies
+
+
+def report(studies: Sequence[optuna.Study], out_dir: str | Path) -> list[Path]:
+    """Draw several studies' Pareto fronts (and their baselines) in one plot."""
     rows = [row for s in studies for row in front_rows(s)]
-    title = f"Pareto fronts: {', '.join(names)}"
-    return write_front(rows, objective_names(first), first.directions, Path(out_dir), title)
+    baselines = [b for b in (baseline_row(s) for s in studies) if b]
+    title = f"Pareto fronts: {', '.join(s.study_name for s in studies)}"
+    first = studies[0]
+    return write_front(rows, objective_names(first), first.directions, Path(out_dir), title, baselines)
 
 
 def report_from_config(cfg) -> list[Path]:
-    """`task=report`: search.studies (default: every study) in search.storage (default sqlite:///optuna.db),
-    written to the run's output folder."""
+    """`task=report`: search.studies (default: every study) in search.storage (default sqlite:///optuna.db).
+    Their front candidates and the baseline are re-measured together first (the baseline and latency settings
+    come from the first study's own command line), then the overlaid fronts are written to the run's output
+    folder and logged as an MLflow run of their own, tagged with the studies it compares."""
+    from hybridsweep.search.objective import compose_trial_config
+    from hybridsweep.search.remeasure import remeasure
+    from hybridsweep.tracking import log_report_run
+
     search = cfg.get("search") or {}
     storage = search.get("storage") or "sqlite:///optuna.db"
-    studies = search.get("studies") or None
-    if isinstance(studies, str):
-        studies = [studies]
+    names = search.get("studies") or None
+    if isinstance(names, str):
+        names = [names]
+    studies = load_studies(names, str(storage))
     try:
         out_dir = Path(cfg.paths.output_dir)
     except Exception:  # composed without Hydra's runtime
         out_dir = Path("outputs")
-    paths = report(studies, str(storage), out_dir / "report")
-    print("report: " + "  ".join(str(p) for p in paths))
+    first_command = studies[0].user_attrs.get("base_overrides")
+    study_cfg = compose_trial_config(first_command) if first_command else cfg
+    remeasure(studies, study_cfg)
+    paths = report(studies, out_dir / "report")
+    run_id = log_report_run(study_cfg.tracking, [s.study_name for s in studies], paths)
+    print("report: " + "  ".join(str(p) for p in paths) + (f"\n  MLflow run {run_id}" if run_id else ""))
     return paths
 
 
@@ -276,8 +373,8 @@ def hypervolume(rows: Sequence[dict], names: Sequence[str], directions: Sequence
     import numpy as np
     from optuna._hypervolume import compute_hypervolume
 
-    ref = np.asarray(_losses(reference, directions), dtype=float)
-    points = [_losses([r[n] for n in names], directions) for r in rows if r["feasible"]]
+    ref = np.asarray(losses(reference, directions), dtype=float)
+    points = [losses([r[n] for n in names], directions) for r in rows if r["feasible"]]
     points = [p for p in points if all(a < b for a, b in zip(p, ref, strict=True)) and all(map(math.isfinite, p))]
     if not points:
         return 0.0

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from hybridsweep.errors import UserError
 from hybridsweep.search import report, run_search
+from hybridsweep.search.report import load_studies
 from hybridsweep.search.study import open_storage
 from tests.helpers import cheap_real_overrides, compose_config
 
@@ -105,7 +106,7 @@ def test_three_trial_study_is_linked_to_mlflow_with_the_front(three_trials, work
     assert len(reloaded.trials) == len(complete) == 3
     assert reloaded.metric_names == ["finetuned/top1", "latency/cpu/median_ms"]
     for t in complete:
-        assert set(t.params) == {"depth_share", "budget", "order", "criterion", "lr"}
+        assert set(t.params) == {"depth_share", "budget", "order", "criterion", "finetune_lr"}
         assert t.params["budget"] in (0.5, 0.75) and t.params["criterion"] in ("l1", "l2")
         assert "flops_budget" in t.constraints  # FLOP budget as a constraint, <= 0 feasible
         assert t.constraints["flops_budget"] <= 0 and abs(t.user_attrs["flops_ratio"] - t.params["budget"]) < 0.02
@@ -132,11 +133,40 @@ def test_three_trial_study_is_linked_to_mlflow_with_the_front(three_trials, work
     assert front & tagged  # the study's global front is within the per-budget fronts
     client = mlflow.MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
-    assert artifacts == {"pareto/front.html", "pareto/front.png", "pareto/front.csv"}
+    assert artifacts == {"pareto/front.html", "pareto/front.png", "pareto/front.csv", "pareto/plotly.min.js"}
     local = workdir / "out" / "three"
     assert (local / "front.png").read_bytes()[:4] == b"\x89PNG"
-    assert "plotly" in (local / "front.html").read_text()[:20000].lower()
-    assert len((local / "front.csv").read_text().strip().splitlines()) == 4
+    html = (local / "front.html").read_text()
+    assert 'src="plotly.min.js"' in html and len(html) < 200_000  # plotly.js beside it, not inlined
+    assert "unpruned baseline" in html
+    lines = (local / "front.csv").read_text().strip().splitlines()
+    assert len(lines) == 5 and lines[1].split(",")[1] == "baseline (unpruned)"
+
+
+def test_the_front_is_honest_one_latency_per_architecture_baseline_and_final_pass(three_trials, workdir):
+    study, _, storage = three_trials
+    reloaded = optuna.load_study(study_name="three", storage=storage)
+    complete = reloaded.get_trials(states=(TrialState.COMPLETE,))
+    by_arch = {}
+    for t in complete:  # trials that reached the same pruned shapes report the same latency objective
+        by_arch.setdefault(t.user_attrs["arch"], set()).add(t.values[1])
+    assert all(len(values) == 1 for values in by_arch.values())
+    parents, children = _split(_runs(workdir, "three"))
+    parent = parents[0].data.metrics
+    for key in ("baseline/top1", "baseline/params", "baseline/flops", "baseline/latency/cpu/final_ms"):
+        assert key in parent, key
+    final = reloaded.user_attrs["final_latency"]
+    assert final, "the final pass re-measured no trial"
+    runs = {r.info.run_id: r for r in children}
+    for t in complete:
+        m = runs[t.user_attrs["mlflow_run_id"]].data.metrics
+        assert "speedup" in m and "latency_reduction_pct" in m  # against the unpruned model, same backend
+        if str(t.number) in final:  # the front's candidates carry the re-measured figure
+            assert m["latency/cpu/final_ms"] == final[str(t.number)]
+            assert m["final/speedup"] == pytest.approx(parent["baseline/latency/cpu/final_ms"] / final[str(t.number)])
+            tags = runs[t.user_attrs["mlflow_run_id"]].data.tags
+            assert tags["latency.final.statistic"].startswith("median of the fastest round")
+            assert tags["criterion"] in ("l1", "l2") and tags["study"] == "three"
 
 
 def test_n_trials_is_the_study_total(three_trials, workdir):
@@ -185,12 +215,12 @@ def test_report_draws_several_studies_in_one_plot(three_trials, workdir):
         other.add_trial(optuna.trial.create_trial(
             params={"depth_share": share}, distributions={"depth_share": dist}, values=values,
             user_attrs={"budget_group": "0.5", "plan": {"depth_share": share, "budget": 0.5}}))
-    html, png, table = report(["three", "other"], storage, workdir / "report")
+    html, png, table = report(load_studies(["three", "other"], storage), workdir / "report")
     lines = table.read_text().splitlines()
-    assert len(lines) == 1 + 3 + 2 and {line.split(",")[0] for line in lines[1:]} == {"three", "other"}
+    assert len(lines) == 1 + 1 + 3 + 2 and {line.split(",")[0] for line in lines[1:]} == {"three", "other"}
     assert png.read_bytes()[:4] == b"\x89PNG" and "other" in html.read_text()[-200000:]
     with pytest.raises(UserError, match=r"search\.studies: no study nothere in .*; it holds: "):
-        report(["nothere"], storage, workdir / "report")
+        load_studies(["nothere"], storage)
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(shared_data, test_cache, workdir, monkeypatch):
@@ -382,3 +412,19 @@ def test_a_study_name_with_other_objectives_is_refused(shared_data, test_cache, 
     with pytest.raises(UserError, match=r"search\.study_name=single already exists"):
         _search([*args, "search.study_name=single"])
     assert optuna.load_study(study_name="taken", storage=storage).trials == []
+
+
+def test_task_report_logs_the_overlaid_fronts_as_an_mlflow_run(three_trials, workdir):
+    from hybridsweep.search import report_from_config
+
+    _, args, storage = three_trials
+    cfg = compose_config("task=report", f"search.storage={storage}", "search.studies=[three]",
+                         f"tracking.uri=sqlite:///{workdir}/mlflow.db")
+    files = report_from_config(cfg)
+    assert [f.name for f in files] == ["front.html", "front.png", "front.csv"]
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
+    (run,) = mlflow.search_runs(experiment_names=["hybridsweep"], output_format="list",
+                                filter_string="tags.`hybridsweep.kind` = 'report'")
+    assert run.data.tags["report.studies"] == "three" and run.info.status == "FINISHED"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "pareto")}
+    assert {"pareto/front.html", "pareto/front.png", "pareto/front.csv"} <= artifacts

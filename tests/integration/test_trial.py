@@ -47,6 +47,11 @@ def test_trial_logs_a_complete_run_and_reuses_scores(shared_data, test_cache, tm
     second = run_trial(cfg, second_bench, tmp_path / "out2")
     assert calls == [1]  # the second trial read the scores from the cache
     assert first.plan == second.plan
+    # one architecture, one latency: the second trial reuses the first one's measurement instead of re-reading
+    # the machine's load
+    assert second.metrics["latency/cpu/median_ms"] == first.metrics["latency/cpu/median_ms"]
+    assert (first.tags["latency.reused"], second.tags["latency.reused"]) == ("no", "yes")
+    assert first.tags["latency.arch"] == second.tags["latency.arch"]
 
     (run,) = [r for r in _runs(db) if r.info.run_id == first.run_id]
     assert run.info.status == "FINISHED"
@@ -71,6 +76,15 @@ def test_budget_trial_meets_the_flop_budget(shared_data, test_cache, tmp_path):
                          *_overrides(shared_data, test_cache, db))
     result = run_trial(cfg, Workbench(test_cache), tmp_path / "out")
     assert abs(result.metrics["flops"] / (0.75 * result.metrics["baseline/flops"]) - 1) <= 0.01
+    (run,) = _runs(db)
+    params = run.data.params  # the ratios the solved plan used, not the 0.0 defaults
+    assert float(params["channel_ratio"]) == pytest.approx(result.plan.channel_ratio, abs=1e-6)
+    assert float(params["layer_ratio"]) == pytest.approx(result.plan.blocks / 7, abs=1e-6)
+    assert float(params["channel_ratio"]) > 0  # not the 0.0 default the command line left it at
+    assert run.data.tags["criterion"] == "l1"
+    m = run.data.metrics  # against the unpruned model on the same backend
+    assert m["speedup"] == pytest.approx(m["baseline/latency/cpu/median_ms"] / m["latency/cpu/median_ms"])
+    assert m["latency_reduction_pct"] == pytest.approx(100 * (1 - 1 / m["speedup"]))
 
 
 def test_bad_input_inside_a_trial_leaves_no_running_run(shared_data, test_cache, tmp_path):
