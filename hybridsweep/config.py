@@ -13,7 +13,8 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from hybridsweep.errors import UserError
 
-TASKS = ("prune", "evaluate", "train_baseline", "latency", "calibrate", "search", "report")
+TASKS = ("prune", "evaluate", "train_baseline", "latency", "calibrate", "search", "report", "experiment",
+         "experiment_report")
 ORDERS = ("layer_first", "channel_first")
 
 
@@ -118,6 +119,7 @@ class Config:
     criterion: Any = None
     latency: Any = field(default_factory=lambda: {"backend": "cpu"})
     search: Any = field(default_factory=lambda: {"sampler": "none"})
+    experiment: Any = None  # set by +experiment=NAME (conf/experiment/)
     paths: PathsConfig = field(default_factory=PathsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)

@@ -105,6 +105,25 @@ def search(cfg: DictConfig) -> dict:
     return {"trials": len(study.trials), "pareto_trials": len(study.best_trials)}
 
 
+def experiment(cfg: DictConfig) -> dict:
+    from hybridsweep.experiments import run_experiment
+
+    return {"results": str(run_experiment(cfg, _command_line()))}
+
+
+def experiment_report(cfg: DictConfig) -> dict:
+    """Rebuild an experiment's table and plots from its committed results.csv alone (seconds, no store)."""
+    from hybridsweep.experiments import report_from_csv
+
+    return {"files": [str(p) for p in report_from_csv(cfg)]}
+
+
+def _command_line() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task)
+
+
 def report(cfg: DictConfig) -> dict:
     from hybridsweep.search import report_from_config
 
@@ -119,6 +138,8 @@ TASKS = {
     "calibrate": calibrate,
     "search": search,
     "report": report,
+    "experiment": experiment,
+    "experiment_report": experiment_report,
 }
 
 
