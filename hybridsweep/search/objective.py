@@ -512,7 +512,7 @@ class Objective:
         cfg.paths.output_dir = str(out)
         validate(cfg)
         bench = workbench(cfg)
-        run_name = f"trial-{trial.number}"
+        run_name = f"trial-{trial.number}-{plan['criterion']}"  # criterion in the name: legends of compared studies
         run_id = self.tracker.start_trial(trial.number, run_name)
         if run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
