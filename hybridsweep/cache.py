@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -49,10 +50,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 @contextmanager
-def file_lock(path: Path):
+def file_lock(path: Path, waiting: str | None = None):
+    """An exclusive lock on `path`; `waiting` is printed when another process holds it (so a wait is not a hang)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(waiting, file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -210,7 +210,8 @@ def run_experiment(cfg: DictConfig, command_line: list[str]) -> Path:
     check_inputs(cfg)
     runner = ExperimentRunner(cfg, command_line)
     runner.store.mkdir(parents=True, exist_ok=True)
-    with file_lock(runner.store / "runner.lock"):  # one runner per store: a second waits, then skips what is done
+    waiting = f"experiment {cfg.experiment.name}: another run holds {runner.store}; waiting for it to finish"
+    with file_lock(runner.store / "runner.lock", waiting):  # one runner per store: a second waits, skips what is done
         if cfg.experiment.run_missing:
             runner.run_missing()
             if cfg.experiment.search:
