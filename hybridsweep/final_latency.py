@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from hybridsweep.errors import UserError
+from hybridsweep.errors import DeviceUnavailable, UserError
 from hybridsweep.metrics.complexity import architecture_signature
 from hybridsweep.metrics.latency import LATENCY_BACKENDS, LatencyResult
 
@@ -73,7 +73,22 @@ def try_measure_final(
     per-trial figures stay in place and nothing finished is lost."""
     try:
         return measure_final(models, baseline, settings, input_shape)
-    except UserError as exc:
+    except DeviceUnavailable as exc:
         print(f"warning: the final latency pass could not measure ({exc}); the per-trial latencies stand",
               file=sys.stderr)
         return None
+
+
+def load_run_models(tracker, runs: Mapping[str, str], model_cfg, num_classes: int) -> dict[str, nn.Module]:
+    """The saved pruned model of each run (`runs`: run id -> what to call it in a warning); a run without a
+    readable model is left out with one warning line."""
+    from hybridsweep.artifacts import load_pruned
+    from hybridsweep.baseline import build_architecture
+
+    models = {}
+    for run_id, label in runs.items():
+        try:
+            models[run_id], _ = load_pruned(build_architecture(model_cfg, num_classes), tracker.download_model(run_id))
+        except (UserError, OSError) as exc:
+            print(f"warning: {label}: no model to re-measure ({exc})", file=sys.stderr)
+    return models

@@ -2,7 +2,9 @@
 
 The server runs as the current user with a generated host key and a generated client key, and the client
 trusts the host only through a known_hosts file written here, exactly as it must trust a real Jetson. The
-stand-in trtexec checks its arguments and prints a TensorRT 8.2 run; the bad cases each end in a UserError.
+stand-in trtexec checks its arguments and prints a TensorRT 8.2 run; the bad cases each end in a UserError:
+DeviceUnavailable when the device fails (a latency fallback may absorb it), a plain one for a configuration
+mistake (which ends the run even with a fallback).
 """
 
 import getpass
@@ -17,8 +19,10 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from hybridsweep.errors import UserError
+from hybridsweep.errors import DeviceUnavailable, UserError
 from hybridsweep.metrics.latency import measure_latency
+from hybridsweep.metrics.latency.fallback import measure_or_fallback
+from hybridsweep.models import build_model
 
 pytestmark = pytest.mark.ssh
 
@@ -143,9 +147,7 @@ def device(tmp_path_factory):
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
     log = root / "sshd.log"
     with open(log, "wb") as log_file:
-        server = subprocess.Popen(
-            [str(SSHD), "-D", "-e", "-f", str(config)], stdout=log_file, stderr=log_file
-        )
+        server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=log_file, stderr=log_file)
     try:
         wait_for_port(port, server, log)
         key_type, key_body = (root / "host_key.pub").read_text().split()[:2]
@@ -227,15 +229,13 @@ def test_measures_on_the_device_then_serves_the_cache(device, tmp_path):
     again = measure_latency(model, "jetson", input_shape=SAMPLE, **settings(device, tmp_path))
     assert again == result
     # Another batch size is another ONNX file: not in the cache, so it reaches the failing trtexec.
-    with pytest.raises(UserError, match="latency.trtexec: trtexec exited with status 1"):
+    with pytest.raises(DeviceUnavailable, match="latency.trtexec: trtexec exited with status 1"):
         measure_latency(model, "jetson", input_shape=SAMPLE, **settings(device, tmp_path, batch_size=2))
 
 
 def test_unreachable_port(device, tmp_path):
-    with pytest.raises(UserError, match=r"latency\.host: cannot reach .*127\.0\.0\.1.*latency\.port"):
-        measure_latency(
-            small_net(), "jetson", input_shape=SAMPLE, **settings(device, tmp_path, port=free_port())
-        )
+    with pytest.raises(DeviceUnavailable, match=r"latency\.host: cannot reach .*127\.0\.0\.1.*latency\.port"):
+        measure_latency(small_net(), "jetson", input_shape=SAMPLE, **settings(device, tmp_path, port=free_port()))
 
 
 def test_unknown_host_key_is_refused(device, tmp_path):
@@ -243,38 +243,69 @@ def test_unknown_host_key_is_refused(device, tmp_path):
     empty.write_text("")
     with pytest.raises(
         UserError, match=rf"latency\.known_hosts: \[127\.0\.0\.1\]:{device.port} is not in .*SHA256:"
-    ):
-        measure_latency(
-            small_net(), "jetson", input_shape=SAMPLE, **settings(device, tmp_path, known_hosts=empty)
-        )
+    ) as caught:
+        measure_latency(small_net(), "jetson", input_shape=SAMPLE, **settings(device, tmp_path, known_hosts=empty))
+    assert type(caught.value) is UserError  # a configuration mistake, not an unavailable device
 
 
 def test_unauthorised_key_is_refused(device, tmp_path):
     stranger = settings(device, tmp_path, key_file=str(device.stranger_key_file))
-    with pytest.raises(UserError, match=r"latency\.key_file: .* refused the key"):
+    with pytest.raises(UserError, match=r"latency\.key_file: .* refused the key") as caught:
         measure_latency(small_net(), "jetson", input_shape=SAMPLE, **stranger)
+    assert type(caught.value) is UserError
 
 
 def test_failing_trtexec(device, tmp_path):
     install_trtexec(device, FAILING_TRTEXEC)
-    with pytest.raises(UserError, match="latency.trtexec: trtexec exited with status 1") as caught:
+    with pytest.raises(DeviceUnavailable, match="latency.trtexec: trtexec exited with status 1") as caught:
         measure_latency(small_net(), "jetson", input_shape=SAMPLE, **settings(device, tmp_path))
     assert "Engine set up failed" in str(caught.value)  # stderr comes back too
 
 
 def test_trtexec_without_summary(device, tmp_path):
     install_trtexec(device, SILENT_TRTEXEC)
-    with pytest.raises(UserError, match=r"latency\.trtexec: .*no '=== Performance summary ===' .*PASSED"):
+    with pytest.raises(DeviceUnavailable, match=r"latency\.trtexec: .*no '=== Performance summary ===' .*PASSED"):
         measure_latency(small_net(), "jetson", input_shape=SAMPLE, **settings(device, tmp_path))
 
 
 def test_trtexec_not_found(device, tmp_path):
     missing = settings(device, tmp_path, trtexec=str(device.trtexec.parent / "no-such-trtexec"))
-    with pytest.raises(UserError, match=r"latency\.trtexec: .*no-such-trtexec not found"):
+    with pytest.raises(UserError, match=r"latency\.trtexec: .*no-such-trtexec not found") as caught:
         measure_latency(small_net(), "jetson", input_shape=SAMPLE, **missing)
+    assert type(caught.value) is UserError
+
+
+def test_trtexec_that_cannot_be_executed(device, tmp_path):
+    folder = settings(device, tmp_path, trtexec=str(device.trtexec.parent))  # the folder, not the binary
+    with pytest.raises(UserError, match=r"latency\.trtexec: .*device bin on .* cannot be executed") as caught:
+        measure_latency(small_net(), "jetson", input_shape=SAMPLE, **folder)
+    assert type(caught.value) is UserError
 
 
 def test_timeout_stops_the_run(device, tmp_path):
     install_trtexec(device, HANGING_TRTEXEC)
-    with pytest.raises(UserError, match=r"latency\.timeout_s: .*within 1 s"):
+    with pytest.raises(DeviceUnavailable, match=r"latency\.timeout_s: .*within 1 s"):
         measure_latency(small_net(), "jetson", input_shape=SAMPLE, **settings(device, tmp_path, timeout_s=1))
+
+
+def test_fallback_covers_a_failed_run_but_not_a_mistake(device, tmp_path, capsys):
+    """With `fallback: lut` a failing trtexec gives a tagged prediction; a configuration mistake still fails."""
+    model = build_model("resnet20", num_classes=10)  # the lut predictor covers CIFAR ResNets only
+    with_fallback = {"backend": "jetson", "fallback": "lut", **settings(device, tmp_path)}
+    install_trtexec(device, FAILING_TRTEXEC)
+    result, tags = measure_or_fallback(model, with_fallback, input_shape=SAMPLE)
+    assert result.source == "predicted" and result.backend == "lut" and tags["latency.fallback"] == "lut"
+    assert tags["latency.error"].startswith("latency.trtexec: trtexec exited with status 1")
+    capsys.readouterr()
+
+    install_trtexec(device, GOOD_TRTEXEC)  # would measure, but each mistake stops the run before it
+    mistakes = {
+        "trtexec": (str(device.trtexec.parent / "no-such-trtexec"), r"latency\.trtexec: .*no-such-trtexec not found"),
+        "remote_dir": ("/proc/hybridsweep", r"latency\.remote_dir: cannot create /proc/hybridsweep"),
+        "known_hosts": (str(tmp_path / "no-known_hosts"), r"latency\.known_hosts: .*no-known_hosts does not exist"),
+    }
+    for setting, (value, message) in mistakes.items():
+        with pytest.raises(UserError, match=message) as caught:
+            measure_or_fallback(model, {**with_fallback, setting: value}, input_shape=SAMPLE)
+        assert type(caught.value) is UserError, setting
+    assert "warning" not in capsys.readouterr().err

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 
+from hybridsweep.errors import DeviceUnavailable, UserError
 from hybridsweep.final_latency import measure_final, try_measure_final
 from hybridsweep.metrics.complexity import architecture_signature
 from tests.unit.test_latency import QUICK, SAMPLE, small_net
@@ -32,7 +33,13 @@ def test_one_measurement_per_architecture_and_the_baseline_shared():
     assert final.result("b").facts["interleaved_with"] == "1"
 
 
-def test_a_backend_that_cannot_measure_leaves_the_trial_figures(capsys):
-    settings = {"backend": "jetson", "host": "127.0.0.1", "port": 1, "connect_timeout_s": 1}
-    assert try_measure_final({"a": small_net()}, small_net(), settings, SAMPLE) is None
+def test_a_device_that_cannot_be_reached_leaves_the_trial_figures(unreachable_jetson, capsys):
+    assert try_measure_final({"a": small_net()}, small_net(), unreachable_jetson, SAMPLE) is None
     assert "the per-trial latencies stand" in capsys.readouterr().err
+
+
+def test_a_configuration_mistake_in_the_final_pass_is_raised(unreachable_jetson, tmp_path):
+    settings = {**unreachable_jetson, "known_hosts": str(tmp_path / "missing")}
+    with pytest.raises(UserError, match=r"^latency\.known_hosts") as raised:
+        try_measure_final({"a": small_net()}, small_net(), settings, SAMPLE)
+    assert not isinstance(raised.value, DeviceUnavailable)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from hybridsweep.errors import UserError
+from hybridsweep.errors import DeviceUnavailable, UserError
 from hybridsweep.export import OnnxMismatchError, check_onnx, export_onnx
 from hybridsweep.metrics.latency import LATENCY_BACKENDS, LatencyResult, measure_latency
 from hybridsweep.metrics.latency.timing import measure_rounds, summarize
@@ -169,15 +169,15 @@ def test_jetson_without_paramiko_says_how_to_install(monkeypatch):
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_tensorrt_missing_says_how_to_install():
-    with pytest.raises(
-        UserError, match=r"latency=tensorrt needs TensorRT: pip install hybridsweep\[tensorrt\]"
+    with pytest.raises(  # an absent runtime, like an absent GPU: a latency.fallback may stand in
+        DeviceUnavailable, match=r"latency=tensorrt needs TensorRT: pip install hybridsweep\[tensorrt\]"
     ):
         measure_latency(small_net(), "tensorrt", input_shape=SAMPLE)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present; test_cuda_measures covers it")
 def test_cuda_without_gpu_says_so():
-    with pytest.raises(UserError, match="latency=cuda needs a CUDA GPU"):
+    with pytest.raises(DeviceUnavailable, match="latency=cuda needs a CUDA GPU"):
         measure_latency(small_net(), "cuda", input_shape=SAMPLE)
 
 

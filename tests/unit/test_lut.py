@@ -1,13 +1,16 @@
 """The lut predictor: shipped profile, pruned models, profile files, fallback, and a tiny calibration."""
 
 import copy
+import errno
+import importlib.util
 import json
+import re
 from dataclasses import replace
 
 import pytest
 import torch
 
-from hybridsweep.errors import UserError
+from hybridsweep.errors import DeviceUnavailable, UserError
 from hybridsweep.metrics.complexity import count
 from hybridsweep.metrics.latency import LATENCY_BACKENDS, measure_latency
 from hybridsweep.metrics.latency.fallback import measure_or_fallback
@@ -116,25 +119,6 @@ def test_profile_must_match_batch_and_model():
         lut.measure(build_model("resnet20", num_classes=10), input_shape=(3, 64, 64))
 
 
-@pytest.fixture
-def unreachable_jetson(tmp_path):
-    """A jetson config that fails fast: nothing listens on port 9, and known_hosts is empty."""
-    paramiko = pytest.importorskip("paramiko")
-    known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text("")
-    key_file = tmp_path / "id_rsa"
-    paramiko.RSAKey.generate(1024).write_private_key_file(str(key_file))
-    return {
-        "key_file": str(key_file),
-        "backend": "jetson",
-        "host": "127.0.0.1",
-        "port": 9,
-        "connect_timeout_s": 2,
-        "known_hosts": str(known_hosts),
-        "cache_dir": str(tmp_path / "cache"),
-    }
-
-
 def test_fallback_predicts_when_the_device_fails(unreachable_jetson, capsys):
     model = build_model("resnet20", num_classes=100)
     result, tags = measure_or_fallback(model, {**unreachable_jetson, "fallback": "lut"}, input_shape=SHAPE)
@@ -152,10 +136,125 @@ def test_fallback_predicts_when_the_device_fails(unreachable_jetson, capsys):
 def test_without_fallback_the_error_propagates(unreachable_jetson):
     model = build_model("resnet20", num_classes=100)
     for settings in (unreachable_jetson, {**unreachable_jetson, "fallback": None}):
-        with pytest.raises(UserError, match=r"^latency\.host: cannot reach"):
+        with pytest.raises(DeviceUnavailable, match=r"^latency\.host: cannot reach"):
             measure_or_fallback(model, settings, input_shape=SHAPE)
     with pytest.raises(UserError, match=r"latency\.fallback='cpu'"):
         measure_or_fallback(model, {**unreachable_jetson, "fallback": "cpu"}, input_shape=SHAPE)
+
+
+def fake_device(monkeypatch, answer=None):
+    """Stand in for the jetson backend's SSH side: connecting always works, and running trtexec answers
+    `answer`, an (exit status, output) pair or an exception to raise. Returns the jetson module."""
+    jetson = pytest.importorskip("hybridsweep.metrics.latency.jetson")
+
+    class Client:
+        def close(self):
+            pass
+
+    def copy_and_run(self, client, onnx_path, remote_onnx, argv):
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(jetson.JetsonLatency, "_connect", lambda self: Client())
+    monkeypatch.setattr(jetson.JetsonLatency, "_device_facts", lambda self, client: {})
+    if answer is not None:
+        monkeypatch.setattr(jetson.JetsonLatency, "_copy_and_run", copy_and_run)
+    return jetson
+
+
+def assert_mistake_not_fallback(settings: dict, message: str, capsys) -> None:
+    """With `fallback: lut`, a configuration mistake still ends the run: a plain UserError naming the
+    setting, and no prediction (nor its warning) in its place."""
+    model = build_model("resnet20", num_classes=100)
+    with pytest.raises(UserError, match=message) as caught:
+        measure_or_fallback(model, {**settings, "fallback": "lut"}, input_shape=SHAPE)
+    assert type(caught.value) is UserError, f"a configuration mistake must not be a {type(caught.value).__name__}"
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting", ["known_hosts", "key_file"])
+def test_a_missing_ssh_file_is_a_mistake_not_a_fallback(unreachable_jetson, tmp_path, capsys, setting):
+    # The host is unreachable too: only checking the file before connecting gives a UserError here.
+    settings = {**unreachable_jetson, setting: str(tmp_path / "no-such-file")}
+    assert_mistake_not_fallback(settings, rf"^latency\.{setting}: \S*no-such-file does not exist", capsys)
+
+
+def test_a_key_file_that_is_no_key_is_a_mistake_not_a_fallback(unreachable_jetson, tmp_path, capsys):
+    not_a_key = tmp_path / "id_ed25519.pub"
+    not_a_key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA user@host\n")
+    settings = {**unreachable_jetson, "key_file": str(not_a_key)}
+    assert_mistake_not_fallback(settings, r"^latency\.key_file: cannot read \S*id_ed25519\.pub", capsys)
+
+
+@pytest.mark.parametrize(
+    ("status", "output", "message"),
+    [
+        (127, "sh: 1: /opt/trt/trtexec: not found", r"^latency\.trtexec: /opt/trt/trtexec not found on "),
+        (126, "sh: 1: /opt/trt/trtexec: Permission denied", r"^latency\.trtexec: /opt/trt/trtexec on .* cannot be"),
+    ],
+)
+def test_a_wrong_trtexec_path_is_a_mistake_not_a_fallback(
+    unreachable_jetson, monkeypatch, capsys, status, output, message
+):
+    fake_device(monkeypatch, (status, output))
+    assert_mistake_not_fallback({**unreachable_jetson, "trtexec": "/opt/trt/trtexec"}, message, capsys)
+
+
+def test_an_unusable_remote_dir_is_a_mistake_not_a_fallback(unreachable_jetson, monkeypatch, capsys):
+    jetson = fake_device(monkeypatch)
+    refused = (1, "mkdir: cannot create directory '/proc/x': No such file or directory")
+    monkeypatch.setattr(jetson.JetsonLatency, "_run", lambda self, client, argv, setting, pty=False: refused)
+    settings = {**unreachable_jetson, "remote_dir": "/proc/x"}
+    assert_mistake_not_fallback(settings, r"^latency\.remote_dir: cannot create /proc/x on ", capsys)
+
+    fake_device(monkeypatch, PermissionError(errno.EACCES, "Permission denied"))  # exists, but not ours
+    assert_mistake_not_fallback(settings, r"^latency\.remote_dir: cannot write /proc/x/\w+\.onnx on ", capsys)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ((1, "[E] Engine set up failed"), r"latency\.trtexec: trtexec exited with status 1 on .*Engine set up"),
+        ((0, "&&&& PASSED TensorRT.trtexec"), r"latency\.trtexec: /opt/trt/trtexec on .*Performance summary"),
+        (ConnectionResetError(errno.ECONNRESET, "reset"), r"latency\.host: the SSH session with .* failed"),
+        ("ssh", r"latency\.host: the SSH session with .* failed while measuring \(Server connection dropped"),
+    ],
+)
+def test_a_failed_remote_run_falls_back(unreachable_jetson, monkeypatch, capsys, answer, reason):
+    if answer == "ssh":
+        answer = pytest.importorskip("paramiko").SSHException("Server connection dropped: ")
+    fake_device(monkeypatch, answer)
+    model = build_model("resnet20", num_classes=100)
+    settings = {**unreachable_jetson, "trtexec": "/opt/trt/trtexec"}
+    result, tags = measure_or_fallback(model, {**settings, "fallback": "lut"}, input_shape=SHAPE)
+    assert result.source == "predicted" and result.backend == "lut"
+    assert tags["latency.fallback"] == "lut" and re.match(reason, tags["latency.error"])
+    assert capsys.readouterr().err.startswith("warning: latency=jetson failed, using a lut prediction")
+    with pytest.raises(DeviceUnavailable, match=reason):  # the same failure without a fallback
+        measure_or_fallback(model, settings, input_shape=SHAPE)
+
+
+@pytest.mark.parametrize(
+    ("backend", "reason"),
+    [
+        pytest.param(
+            "cuda",
+            r"latency=cuda needs a CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present"),
+        ),
+        pytest.param(
+            "tensorrt",
+            r"latency=tensorrt needs TensorRT",
+            marks=pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is here"),
+        ),
+    ],
+)
+def test_a_missing_gpu_or_tensorrt_falls_back(backend, reason, capsys):
+    model = build_model("resnet20", num_classes=100)
+    result, tags = measure_or_fallback(model, {"backend": backend, "fallback": "lut"}, input_shape=SHAPE)
+    assert result.source == "predicted" and tags["latency.fallback"] == "lut"
+    assert re.match(reason, tags["latency.error"])
 
 
 def test_fallback_is_unused_when_measuring_works():

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hybridsweep.errors import UserError
+from hybridsweep.errors import DeviceUnavailable
 from hybridsweep.metrics.latency.result import invalid
 from hybridsweep.metrics.latency.timing import TimedBackend, cuda_events, inference_copy, random_input
 
@@ -15,8 +15,9 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 def require_cuda(backend: str) -> None:
+    """No GPU here is a missing device (DeviceUnavailable): a `latency.fallback` may stand in for it."""
     if not torch.cuda.is_available():
-        raise UserError(
+        raise DeviceUnavailable(
             f"latency={backend} needs a CUDA GPU, and torch sees none (torch.cuda.is_available() is False); "
             "choose latency=cpu or latency=onnxruntime, or run on a machine with an NVIDIA GPU"
         )

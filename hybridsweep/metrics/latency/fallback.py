@@ -1,15 +1,18 @@
-"""Measure with the configured backend, or fall back when it cannot measure, so a sweep keeps going.
+"""Measure with the configured backend, or fall back when its device cannot measure, so a sweep keeps going.
 
-A Jetson that is off or unreachable raises a UserError from the `jetson` backend; with `fallback: lut` the
-trial gets a LUT prediction instead (source="predicted", backend="lut", so its metrics never land under the
-measured backend's keys) and tags that say why, and that the table was measured on another device.
+Only DeviceUnavailable falls back: a Jetson that is off or unreachable, an SSH session or trtexec run that
+fails on it, a machine without the GPU or TensorRT that `tensorrt` needs. With `fallback: lut` the trial gets
+a LUT prediction instead (source="predicted", backend="lut", so its metrics never land under the measured
+backend's keys) and tags that say why, and that the table was measured on another device. Configuration
+mistakes (a missing known_hosts or key file, a refused key, a wrong trtexec path, bad settings) are plain
+UserErrors and end the run even with a fallback: every trial would hit them, and predicting would hide them.
 """
 
 import sys
 
 from torch import nn
 
-from hybridsweep.errors import UserError
+from hybridsweep.errors import DeviceUnavailable, UserError
 from hybridsweep.metrics.latency import LATENCY_BACKENDS, LatencyResult
 from hybridsweep.metrics.latency.lut import DEFAULT_PROFILE
 
@@ -23,7 +26,8 @@ def measure_or_fallback(
     ("lut", "none", or None for no fallback) with `fallback_profile` (default: the shipped CPU profile).
 
     Returns the result (None when the fallback is "none") and the fallback's tags ({} when none was used).
-    Only measuring falls back: bad settings (of the backend or of the fallback) fail at once, before measuring.
+    Only a DeviceUnavailable while measuring falls back: bad settings (of the backend or of the fallback) fail
+    at once, before measuring, and any other error while measuring (a plain UserError) ends the run too.
     """
     settings = dict(settings)
     backend_name = settings.pop("backend")
@@ -37,7 +41,7 @@ def measure_or_fallback(
     backend = LATENCY_BACKENDS.build(backend_name, **settings)
     try:
         return backend.measure(model, input_shape=tuple(input_shape)), {}
-    except UserError as exc:
+    except DeviceUnavailable as exc:
         if fallback is None:
             raise
         reason = " ".join(str(exc).split())

@@ -10,6 +10,11 @@ an argv list quoted with shlex.join, so no setting is ever spliced into a shell 
 
 Results are cached by ONNX content + trtexec flags + host, and a per-host lock file keeps measurements on
 one device one at a time from this machine: two engines timed at once would slow each other down.
+
+Errors: a device that does not answer, an SSH session that breaks, a remote command that times out and a
+trtexec run that fails or prints no summary raise DeviceUnavailable (a `latency.fallback` may absorb them);
+configuration mistakes (known_hosts, host key, key file, refused key, trtexec not found, remote_dir, bad
+settings) raise a plain UserError, which ends the run even with a fallback.
 """
 
 import getpass
@@ -28,7 +33,7 @@ from paramiko.auth_strategy import AuthStrategy, InMemoryPrivateKey
 from torch import nn
 
 from hybridsweep.cache import Cache, digest, file_digest, file_lock
-from hybridsweep.errors import UserError
+from hybridsweep.errors import DeviceUnavailable, UserError
 from hybridsweep.export import export_onnx
 from hybridsweep.metrics.latency.result import BackendSettings, LatencyResult, batch_shape, invalid
 from hybridsweep.metrics.latency.trtexec import (
@@ -104,9 +109,7 @@ class JetsonLatency(BackendSettings):
             raise UserError("latency.host is not set; set latency.host=<address of the Jetson>")
         if not 0 < self.port < 65536:
             raise invalid("port", self.port, "use the device's SSH port, 22 unless changed")
-        check_trtexec_settings(
-            precision=self.precision, workspace_mb=self.workspace_mb, trt_major=self.trt_major
-        )
+        check_trtexec_settings(precision=self.precision, workspace_mb=self.workspace_mb, trt_major=self.trt_major)
         for setting in ("batch_size", "duration_s", "iterations", "timeout_s", "connect_timeout_s"):
             if getattr(self, setting) <= 0:
                 raise invalid(setting, getattr(self, setting), "use a positive number")
@@ -148,9 +151,7 @@ class JetsonLatency(BackendSettings):
                     result = self._run_trtexec(onnx_path, remote_onnx, argv, opset)
                 return asdict(result)
 
-            record = cache.get_or_build(
-                NAMESPACE, digest(onnx_sha, argv, self.host, self.port), measure_on_device
-            )
+            record = cache.get_or_build(NAMESPACE, digest(onnx_sha, argv, self.host, self.port), measure_on_device)
         return LatencyResult(**record)
 
     def _run_trtexec(self, onnx_path: Path, remote_onnx: str, argv: list[str], opset: int) -> LatencyResult:
@@ -158,8 +159,13 @@ class JetsonLatency(BackendSettings):
             try:
                 status, output = self._copy_and_run(client, onnx_path, remote_onnx, argv)
                 facts = self._device_facts(client) if status == 0 else {}
-            except (paramiko.SSHException, OSError) as exc:
+            except PermissionError as exc:  # SFTP refused the write: remote_dir belongs to someone else
                 raise UserError(
+                    f"latency.remote_dir: cannot write {remote_onnx} on {self.target} ({exc}); set "
+                    "latency.remote_dir to a folder the SSH user may write to"
+                ) from exc
+            except (paramiko.SSHException, OSError) as exc:
+                raise DeviceUnavailable(
                     f"latency.host: the SSH session with {self.target} failed while measuring ({exc}); "
                     "check the device and latency.remote_dir, then run again"
                 ) from exc
@@ -168,15 +174,21 @@ class JetsonLatency(BackendSettings):
                 f"latency.trtexec: {self.trtexec} not found on {self.target}; set latency.trtexec to "
                 "trtexec's path there (JetPack: /usr/src/tensorrt/bin/trtexec)"
             )
-        if status != 0:
+        if status == 126:  # the shell found the path but cannot execute it: a folder or a non-executable file
             raise UserError(
+                f"latency.trtexec: {self.trtexec} on {self.target} cannot be executed "
+                f"({describe_output(output)}); set latency.trtexec to trtexec's path there "
+                "(JetPack: /usr/src/tensorrt/bin/trtexec)"
+            )
+        if status != 0:
+            raise DeviceUnavailable(
                 f"latency.trtexec: trtexec exited with status {status} on {self.target} "
                 f"({describe_output(output)}); check latency.precision, latency.trt_major and latency.opset"
             )
         try:
             summary = parse_trtexec_summary(output)
         except TrtexecOutputError as exc:
-            raise UserError(f"latency.trtexec: {self.trtexec} on {self.target}: {exc}") from exc
+            raise DeviceUnavailable(f"latency.trtexec: {self.trtexec} on {self.target}: {exc}") from exc
         facts = {
             "host": f"{self.host}:{self.port}",
             "precision": self.precision,
@@ -197,8 +209,7 @@ class JetsonLatency(BackendSettings):
         status, output = self._run(client, ["mkdir", "-p", self.remote_dir], "connect_timeout_s")
         if status != 0:
             raise UserError(
-                f"latency.remote_dir: cannot create {self.remote_dir} on {self.target}: "
-                f"{describe_output(output)}"
+                f"latency.remote_dir: cannot create {self.remote_dir} on {self.target}: {describe_output(output)}"
             )
         with closing(client.open_sftp()) as sftp:
             sftp.put(str(onnx_path), remote_onnx)
@@ -283,24 +294,20 @@ class JetsonLatency(BackendSettings):
                 "~/.ssh/authorized_keys on the device, or set latency.user and latency.key_file"
             )
         if isinstance(exc, TimeoutError):
-            return UserError(
+            return DeviceUnavailable(
                 f"latency.host: no answer from {self.target} within latency.connect_timeout_s="
                 f"{self.connect_timeout_s:g} s; check latency.host, latency.port and that the device is on"
             )
         if isinstance(exc, OSError):
-            return UserError(
+            return DeviceUnavailable(
                 f"latency.host: cannot reach {self.target} ({exc}); check latency.host and latency.port, "
                 "and that the device is on and runs sshd"
             )
         if isinstance(exc, paramiko.SSHException):
-            return UserError(
-                f"latency.host: SSH to {self.target} failed ({exc}); check latency.host and latency.port"
-            )
+            return UserError(f"latency.host: SSH to {self.target} failed ({exc}); check latency.host and latency.port")
         return exc
 
-    def _run(
-        self, client: paramiko.SSHClient, argv: list[str], setting: str, pty: bool = False
-    ) -> tuple[int, str]:
+    def _run(self, client: paramiko.SSHClient, argv: list[str], setting: str, pty: bool = False) -> tuple[int, str]:
         """Exit status and combined output of `argv` on the device, within the `latency.<setting>` seconds.
 
         With a pty, closing the channel on a timeout hangs up the remote command instead of leaving it on.
@@ -319,7 +326,7 @@ class JetsonLatency(BackendSettings):
                 if not channel.status_event.wait(max(deadline - time.monotonic(), 1.0)):
                     raise TimeoutError
             except TimeoutError:
-                raise UserError(
+                raise DeviceUnavailable(
                     f"latency.{setting}: {argv[0]} did not finish on {self.target} within {timeout_s:g} s; "
                     f"raise latency.{setting} or check the device"
                 ) from None

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hybridsweep.errors import UserError
+from hybridsweep.errors import DeviceUnavailable, UserError
 from hybridsweep.export import export_onnx
 from hybridsweep.metrics.latency.cuda import check_cuda_device, require_cuda
 from hybridsweep.metrics.latency.result import invalid
@@ -35,12 +35,12 @@ TORCH_DTYPES = {
 
 
 def import_tensorrt():
+    """No TensorRT here is a missing runtime (DeviceUnavailable), like no GPU: a `latency.fallback` may stand in."""
     try:
         import tensorrt
     except ImportError as exc:
-        raise UserError(
-            "latency=tensorrt needs TensorRT: "
-            "pip install hybridsweep[tensorrt] on a machine with an NVIDIA GPU"
+        raise DeviceUnavailable(
+            "latency=tensorrt needs TensorRT: pip install hybridsweep[tensorrt] on a machine with an NVIDIA GPU"
         ) from exc
     return tensorrt
 
