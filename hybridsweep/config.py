@@ -4,6 +4,8 @@ Hydra checks types when it merges the YAML and command line into these dataclass
 and paths, naming the setting and what to do, before any work starts.
 """
 
+import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,8 +153,8 @@ def _check_train(prefix: str, t: DictConfig, allow_zero_epochs: bool) -> None:
     _positive(f"{prefix}.max_steps", t.max_steps, allow_none=True)
     _positive(f"{prefix}.batch_size", t.batch_size)
     _positive(f"{prefix}.eval_batch_size", t.eval_batch_size)
-    if not t.lr > 0:
-        raise UserError(f"{prefix}.lr={t.lr} is invalid: the learning rate must be > 0")
+    if not (math.isfinite(t.lr) and t.lr > 0):
+        raise UserError(f"{prefix}.lr={t.lr} is invalid: the learning rate must be a finite number > 0")
     _in_unit_interval(f"{prefix}.distill", t.distill, closed_right=True)
 
 
@@ -202,6 +204,17 @@ def validate(cfg: DictConfig) -> None:
         raise UserError("data=imagefolder needs data.root=DIR (a train/<class>/, test/<class>/ tree or its .tar.gz)")
     if cfg.task == "prune" or cfg.criterion is not None:
         _check_criterion(cfg)
+    if cfg.task in ("prune", "search", "latency", "calibrate", "experiment"):
+        _check_latency(cfg)
+
+
+def _check_latency(cfg: DictConfig) -> None:
+    """Build the backend from its settings (no measuring): a misspelt or out-of-range `latency.*` setting fails
+    here, not after a whole fine-tune."""
+    from hybridsweep.metrics.latency import LATENCY_BACKENDS
+
+    settings = {k: v for k, v in to_plain(cfg.latency).items() if k not in ("fallback", "fallback_profile")}
+    LATENCY_BACKENDS.build(settings.pop("backend"), **settings)
 
 
 def _check_criterion(cfg: DictConfig) -> None:
@@ -225,6 +238,79 @@ def check_group_choices(overrides: list[str], conf: Path) -> None:
         if not sep or arg.startswith("-") or "." in group or not (conf / group).is_dir():
             continue
         choices = sorted(p.stem for p in (conf / group).glob("*.yaml") if not p.stem.startswith("base_"))
+        hint = ""
+        if group.startswith("hydra/"):  # Hydra and its plugins provide options too (hydra/launcher=joblib)
+            choices = sorted({*choices, *_plugin_choices(group)})
+            hint = " (launcher plugins: pip install 'hybridsweep[launchers]')"
         for option in value.split(","):
             if option and option not in choices:
-                raise UserError(f"{group}={option} is unknown; choose one of: {', '.join(choices)}")
+                raise UserError(f"{group}={option} is unknown; choose one of: {', '.join(choices)}{hint}")
+
+
+def _plugin_choices(group: str) -> list[str]:
+    """Options of a `hydra/...` group registered in the ConfigStore by Hydra and its installed plugins."""
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # imports hydra_plugins.*, which register their configs (Hydra does the same at start-up)
+    try:
+        names = ConfigStore.instance().list(group)
+    except OSError:  # no such group in the store
+        return []
+    return [name.removesuffix(".yaml") for name in names]
+
+
+# Settings whose values are free-form mappings: any sub-key is theirs to define.
+FREE_FORM = ("data.stats.", "experiment.grid.", "experiment.variants.", "hydra.")
+
+
+def _flatten(value: Any, prefix: str = "") -> set[str]:
+    keys = set()
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            if key == "defaults":
+                continue
+            keys.add(prefix + str(key))
+            keys |= _flatten(sub, f"{prefix}{key}.")
+    return keys
+
+
+def known_keys(conf: Path) -> set[str]:
+    """Every setting a command line may name: the schema, every config file's keys, every latency backend's
+    settings."""
+    import dataclasses
+
+    from hybridsweep.metrics.latency import LATENCY_BACKENDS
+
+    keys = _flatten(OmegaConf.to_container(OmegaConf.structured(Config)))
+    for path in conf.rglob("*.yaml"):
+        group = path.parent.relative_to(conf).as_posix()
+        if group == "." or group.startswith("hydra"):
+            continue
+        text = path.read_text()
+        node = OmegaConf.to_container(OmegaConf.create(text)) or {}
+        keys |= _flatten(node, "" if "@package _global_" in text else group.replace("/", ".") + ".")
+    for name in LATENCY_BACKENDS.names():
+        factory = LATENCY_BACKENDS.get(name)
+        settings = getattr(factory, "__self__", None)  # the backends' from_settings classmethods
+        if settings is not None:
+            keys |= {f"latency.{f.name}" for f in dataclasses.fields(settings)}
+    return keys
+
+
+def check_keys(overrides: list[str], conf: Path) -> None:
+    """`key=value`, `+key=value` and `~key` must name a known setting: Hydra would refuse a misspelt plain key
+    with a page of text (exit 1) and would add a misspelt `+key` silently, so a trial runs without it."""
+    known: set[str] | None = None
+    for arg in overrides:
+        key, sep, _ = arg.partition("=")
+        key = key.lstrip("+~")
+        if arg.startswith("-") or (not sep and not arg.startswith("~")) or key == "hydra":
+            continue
+        if (conf / key).is_dir() or key.startswith(("hydra/", *FREE_FORM)):
+            continue  # a config group (checked by check_group_choices) or a free-form setting
+        known = known if known is not None else known_keys(conf)
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "see them all with: python -m hybridsweep --cfg job"
+        raise UserError(f"{key} is not a setting; {hint}")

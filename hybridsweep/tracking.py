@@ -1,22 +1,33 @@
-"""The only module that imports MLflow: one run per trial, nested under a parent run per sweep.
+"""The only module that imports MLflow. A `Tracker` owns one MlflowClient for one store and experiment: it opens
+runs and hands them out as `RunLogger` handles (passed explicitly, never through MLFLOW_RUN_ID), and keeps a
+search's side of MLflow (the study's parent run, one nested run per trial, orphans closed, the front tagged).
 
-A trial's run ends FINISHED when the trial returns and FAILED when it raises, so no run is left RUNNING
-by a user mistake or a crash inside the trial. `tracking.enabled=false` swaps in a logger that records nothing.
+- The store is created and migrated under a lock beside a SQLite file, so N workers started together all work.
+- A store that cannot be written raises `TrackingError`: one line naming `tracking.uri`, no SQL dump.
+- A trial's run ends FINISHED when the trial returns, FAILED when it raises, KILLED on Ctrl-C or SIGTERM.
+- Everything a run stores (params, tags, the config artefact) goes through `redaction.redact` first.
 """
 
-import os
+from __future__ import annotations
+
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 
 from hybridsweep.errors import UserError
+from hybridsweep.redaction import redact, redact_tree
 
-PARENT_ENV = "HYBRIDSWEEP_PARENT_RUN_ID"  # set by the multirun callback so every job nests under one parent
+PARENT_FILE = "mlflow_parent_run_id"  # in a multirun's sweep folder: the parent run every job nests under
+
+
+class TrackingError(UserError):
+    """The MLflow store cannot be opened or written (read-only, full, gone)."""
 
 
 def git_commit() -> str:
@@ -33,41 +44,104 @@ def git_commit() -> str:
         return "unknown"
 
 
-class RunLogger:
-    """What a trial may log; a thin layer so trials never touch mlflow directly."""
+def _check_store(uri: str) -> None:
+    if uri.startswith("file:") or "://" not in uri:
+        raise UserError(
+            f"tracking.uri={redact(uri)}: MLflow 3 refuses file stores; use sqlite:///mlflow.db or a server URL"
+        )
 
-    def __init__(self, run_id: str | None):
-        self.run_id = run_id
+
+def postgres_driver(url: str) -> str:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 (the `postgres` extra) when only it is here."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+_WHAT_TO_DO = {
+    "opened": "check the URL, that its server is up and that its driver is installed (PostgreSQL: pip install "
+              "'hybridsweep[postgres]')",
+    "read": "check that its server is up",
+    "written": "free disk space or fix its permissions (or point tracking.uri at another store), then rerun the "
+               "same command: finished trials are kept",
+}
+
+
+@contextmanager
+def _store_errors(uri: str, doing: str = "written") -> Iterator[None]:
+    """MLflow and SQLAlchemy raise many types for a broken store; the user needs the setting and what to do."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        reason = redact(lines[0] if lines else type(exc).__name__)[:200]
+        raise TrackingError(
+            f"tracking.uri={redact(uri)}: the MLflow store cannot be {doing} ({reason}); {_WHAT_TO_DO[doing]}"
+        ) from None
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise creating a SQLite store (MLflow migrates a new file in several statements)."""
+    if not uri.startswith("sqlite:///") or ":memory:" in uri:
+        yield
+        return
+    from hybridsweep.cache import file_lock
+
+    path = Path(uri.removeprefix("sqlite:///").partition("?")[0]).expanduser()
+    with file_lock(path.with_name(path.name + ".hybridsweep.lock")):
+        yield
+
+
+class RunLogger:
+    """One run's handle: what a trial may log. Trials never touch MLflow themselves."""
+
+    def __init__(self, tracker: Tracker, run_id: str):
+        self.tracker, self.run_id = tracker, run_id
 
     def params(self, values: dict[str, Any]) -> None:
-        import mlflow
+        from mlflow.entities import Param
 
-        mlflow.log_params({k: ("null" if v is None else v) for k, v in values.items()})
+        params = [Param(k, redact("null" if v is None else v)[:6000]) for k, v in values.items()]
+        with _store_errors(self.tracker.uri):
+            self.tracker.client.log_batch(self.run_id, params=params)
 
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
-        import mlflow
+        from mlflow.entities import Metric
 
-        mlflow.log_metrics({k: float(v) for k, v in values.items() if v is not None}, step=step)
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step or 0) for k, v in values.items() if v is not None]
+        with _store_errors(self.tracker.uri):
+            self.tracker.client.log_batch(self.run_id, metrics=metrics)
 
     def tags(self, values: dict[str, Any]) -> None:
-        import mlflow
+        from mlflow.entities import RunTag
 
-        mlflow.set_tags({k: str(v) for k, v in values.items()})
+        with _store_errors(self.tracker.uri):
+            self.tracker.client.log_batch(self.run_id, tags=[RunTag(k, redact(v)) for k, v in values.items()])
 
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
-        import mlflow
-
-        mlflow.log_artifact(str(path), artifact_path=folder)
+        with _store_errors(self.tracker.uri):
+            self.tracker.client.log_artifact(self.run_id, str(path), artifact_path=folder)
 
     def dict(self, value: dict, name: str) -> None:
-        import mlflow
+        with _store_errors(self.tracker.uri):
+            self.tracker.client.log_dict(self.run_id, redact_tree(value), name)
 
-        mlflow.log_dict(value, name)
+    def end(self, status: str) -> None:
+        self.tracker.end_run(self.run_id, status)
 
 
-class NullLogger(RunLogger):
-    def __init__(self):
-        super().__init__(None)
+class NullLogger:
+    """`tracking.enabled=false`: a handle that records nothing."""
+
+    run_id = None
 
     def params(self, values):
         pass
@@ -84,156 +158,298 @@ class NullLogger(RunLogger):
     def dict(self, value, name):
         pass
 
+    def end(self, status):
+        pass
 
-def _connect(uri: str, experiment: str):
-    import mlflow
 
-    _check_store(uri)
-    mlflow.set_tracking_uri(uri)
-    try:
-        mlflow.set_experiment(experiment)
-    except Exception as exc:  # MLflow raises many types for a bad store; the user needs the URI and reason
-        raise UserError(f"tracking.uri={uri}: the MLflow store cannot be opened ({exc})") from exc
+class Tracker:
+    """One MLflow store and experiment. `Tracker.from_config(tracking, experiment)` gives a disabled tracker
+    (every method a no-op) when `tracking.enabled=false`."""
+
+    def __init__(self, uri: str, experiment: str | None = None, artifact_dir: Path | None = None):
+        from mlflow import MlflowClient
+
+        _check_store(uri)
+        self.enabled = True
+        self.uri, self.experiment = uri, experiment  # as the user typed it: messages name it
+        self.experiment_id: str | None = None
+        self.parent_id: str | None = None
+        self._pareto: dict[str, str] = {}
+        self._plotly_logged = False
+        with store_lock(uri), _store_errors(uri, "opened"):
+            self.client = MlflowClient(tracking_uri=postgres_driver(uri))
+            if experiment is not None:
+                found = self.client.get_experiment_by_name(experiment)
+                if found is not None:
+                    self.experiment_id = found.experiment_id
+                else:
+                    location = None
+                    if artifact_dir is not None:  # MLflow's default is ./mlruns of whatever folder runs first
+                        artifact_dir.mkdir(parents=True, exist_ok=True)
+                        location = artifact_dir.resolve().as_uri()
+                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+
+    @classmethod
+    def from_config(cls, tracking, experiment: str | None = None) -> Tracker:
+        if not tracking.enabled:
+            return cls.disabled()
+        return cls(str(tracking.uri), experiment or str(tracking.experiment))
+
+    @classmethod
+    def disabled(cls) -> Tracker:
+        tracker = cls.__new__(cls)
+        tracker.enabled, tracker.uri, tracker.experiment, tracker.experiment_id = False, "", None, None
+        tracker.parent_id, tracker._pareto, tracker._plotly_logged = None, {}, False
+        return tracker
+
+    # --- runs ---------------------------------------------------------------------------------------------------
+
+    def start_run(self, name: str, tags: dict[str, Any], parent_id: str | None = None) -> RunLogger | NullLogger:
+        if not self.enabled:
+            return NullLogger()
+        tags = {k: redact(v) for k, v in tags.items()} | ({"mlflow.parentRunId": parent_id} if parent_id else {})
+        with _store_errors(self.uri):
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        return RunLogger(self, run.info.run_id)
+
+    def end_run(self, run_id: str | None, status: str, tags: dict[str, str] | None = None) -> None:
+        """Close a run if it is still RUNNING; KILLED (pruned, interrupted, worker gone) also replaces the FAILED
+        a run gets for any exception."""
+        if not self.enabled or not run_id:
+            return
+        with _store_errors(self.uri):
+            current = self.client.get_run(run_id).info.status
+            if current == "RUNNING" or (status == "KILLED" and current == "FAILED"):
+                self.client.set_terminated(run_id, status)
+            for key, value in (tags or {}).items():
+                self.client.set_tag(run_id, key, value)
+
+    def update_run(self, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
+        """Add metrics and tags to a finished run (the final latency pass does this after the trial)."""
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        with _store_errors(self.uri):
+            self.client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                tags=[RunTag(k, str(v)) for k, v in tags.items()],
+            )
+
+    def finished_trial_runs(self) -> list:
+        """Every FINISHED trial run of the experiment (oldest first), as MLflow Run objects."""
+        if self.experiment_id is None:
+            return []
+        with _store_errors(self.uri, "read"):
+            return list(self.client.search_runs(
+                [self.experiment_id],
+                filter_string="tags.`hybridsweep.kind` = 'trial' and attributes.status = 'FINISHED'",
+                max_results=50000,
+                order_by=["attributes.start_time ASC"],
+            ))
+
+    def download_model(self, run_id: str) -> Path:
+        """The run's `model/` artefacts (plan.json, model.pt, model.onnx) as a local folder."""
+        import mlflow
+
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model",
+                                                        tracking_uri=postgres_driver(self.uri)))
+
+    def close_stale_runs(self, tag: str) -> int:
+        """Runs carrying `tag` left RUNNING by a runner that was killed (the caller holds the only runner's lock)."""
+        with _store_errors(self.uri):
+            stale = self.client.search_runs(
+                [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000
+            )
+            stale = [run for run in stale if tag in run.data.tags]
+            for run in stale:
+                self.client.set_terminated(run.info.run_id, "KILLED")
+        return len(stale)
+
+    def log_report(self, studies: list[str], files: list[Path]) -> str | None:
+        """`task=report`: the overlaid fronts as a run of their own."""
+        if not self.enabled:
+            return None
+        run = self.start_run("report: " + " vs ".join(studies),
+                             {"hybridsweep.kind": "report", "report.studies": ",".join(studies)})
+        plotly_js = Path(files[0]).with_name("plotly.min.js") if files else None
+        for path in [*files, *([plotly_js] if plotly_js is not None and plotly_js.is_file() else [])]:
+            run.artifact(path, "pareto")
+        run.end("FINISHED")
+        return run.run_id
+
+    # --- a search's side: one experiment per study, one parent run per study, one nested run per trial ---------
+
+    def open_parent(self, study, tags: dict[str, str], params: dict[str, Any]) -> str | None:
+        """Reuse the study's parent run (its id is a study user attr, so a resumed study and every worker share
+        it; set RUNNING again) or create it. Call under the study lock."""
+        if not self.enabled:
+            return None
+        run_id = study.user_attrs.get("mlflow_parent_run_id")
+        with _store_errors(self.uri):
+            if run_id:
+                try:
+                    run = self.client.get_run(run_id)
+                    if run.info.lifecycle_stage != "active" or run.info.experiment_id != self.experiment_id:
+                        run_id = None
+                except Exception:  # another tracking store than the study's first run used
+                    run_id = None
+            if run_id:
+                self.client.update_run(run_id, status="RUNNING")
+            else:
+                parent = self.start_run(
+                    self.experiment, {"optuna.study": self.experiment, "hybridsweep.kind": "search", **tags}
+                )
+                parent.params(params)
+                run_id = parent.run_id
+                study.set_user_attr("mlflow_parent_run_id", run_id)
+                study.set_user_attr("mlflow_experiment", self.experiment)
+                study.set_user_attr("mlflow_tracking_uri", redact(self.uri))
+        self.parent_id = run_id
+        return run_id
+
+    def start_trial(self, number: int, run_name: str) -> RunLogger | NullLogger:
+        """A trial's run, created before the trial starts so that a killed trial's run can be found."""
+        return self.start_run(run_name, {"optuna.study": self.experiment, "optuna.trial": str(number),
+                                         "study": self.experiment, "hybridsweep.kind": "trial"}, self.parent_id)
+
+    def log_metrics(self, run_id: str | None, metrics: dict[str, float]) -> None:
+        if self.enabled and run_id:
+            with _store_errors(self.uri):
+                for key, value in metrics.items():
+                    self.client.log_metric(run_id, key, float(value))
+
+    def close_orphans(self, study) -> int:
+        """Runs of this study left RUNNING by a trial that is no longer running (killed worker, stale heartbeat)."""
+        from optuna.trial import TrialState
+
+        if not self.enabled or not self.parent_id:
+            return 0
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        with _store_errors(self.uri, "read"):
+            runs = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' and attributes.status = 'RUNNING'",
+                max_results=5000,
+            )
+        closed = 0
+        for run in runs:
+            number = run.data.tags.get("optuna.trial", "")
+            trial = trials.get(int(number)) if number.isdigit() else None
+            live = (trial is not None and trial.state == TrialState.RUNNING
+                    and trial.user_attrs.get("mlflow_run_id") == run.info.run_id)
+            if not live:
+                state = trial.state.name if trial is not None else "UNKNOWN"
+                self.end_run(run.info.run_id, "FINISHED" if state == "COMPLETE" else "KILLED", {"optuna.state": state})
+                closed += 1
+        return closed
+
+    def mark_pareto(self, rows: Sequence[dict]) -> None:
+        """Tag `pareto=true` on the front's runs (and `false` on runs that left it)."""
+        if not self.enabled:
+            return
+        with _store_errors(self.uri):
+            for row in rows:
+                run_id, value = row.get("mlflow_run_id"), "true" if row["pareto"] else "false"
+                if run_id and self._pareto.get(run_id) != value:
+                    self.client.set_tag(run_id, "pareto", value)
+                    self._pareto[run_id] = value
+
+    def log_front(self, files: Sequence[Path], complete: int, front: int, step: int) -> None:
+        if not self.enabled or not self.parent_id:
+            return
+        with _store_errors(self.uri):
+            for path in files:
+                self.client.log_artifact(self.parent_id, str(path), artifact_path="pareto")
+            plotly_js = Path(files[0]).with_name("plotly.min.js") if files else None
+            if plotly_js is not None and plotly_js.is_file() and not self._plotly_logged:  # 4.6 MB: once per run
+                self.client.log_artifact(self.parent_id, str(plotly_js), artifact_path="pareto")
+                self._plotly_logged = True
+            self.client.log_metric(self.parent_id, "search/complete_trials", complete, step=step)
+            self.client.log_metric(self.parent_id, "search/front_size", front, step=step)
+
+    def log_baseline(self, baseline: dict) -> None:
+        """The unpruned model on the parent run: what every trial of the front is compared with."""
+        if not self.enabled or not self.parent_id:
+            return
+        with _store_errors(self.uri):
+            for key in ("top1", "params", "flops"):
+                self.client.log_metric(self.parent_id, f"baseline/{key}", float(baseline[key]))
+            self.client.log_metric(self.parent_id, f"baseline/latency/{baseline['backend']}/final_ms",
+                                   float(baseline["latency_ms"]))
+            self.client.set_tag(self.parent_id, "baseline.latency.load_avg", str(baseline["load_avg"]))
+
+    def finish(self, study, status: str) -> None:
+        """End the parent run, unless another worker still runs trials (the last one ends it)."""
+        from optuna.trial import TrialState
+
+        if not self.enabled or not self.parent_id:
+            return
+        if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return
+        with _store_errors(self.uri):
+            self.client.set_terminated(self.parent_id, status)
 
 
 @contextmanager
-def trial_run(tracking, run_name: str, tags: dict[str, Any] | None = None) -> Iterator[RunLogger]:
-    """Open an MLflow run for one trial (nested under the sweep's parent run when there is one)."""
-    if not tracking.enabled:
-        yield NullLogger()
-        return
-    import mlflow
-
-    _connect(tracking.uri, tracking.experiment)
-    parent = os.environ.get(PARENT_ENV)
-    with mlflow.start_run(run_name=run_name, nested=parent is not None, parent_run_id=parent, tags=tags) as run:
-        yield RunLogger(run.info.run_id)
-
-
-@contextmanager
-def parent_run(tracking, run_name: str, tags: dict[str, Any] | None = None) -> Iterator[str | None]:
-    """A parent run for a sweep; its id is exported so trials (in this or child processes) nest under it."""
-    if not tracking.enabled:
-        yield None
-        return
-    import mlflow
-
-    _connect(tracking.uri, tracking.experiment)
-    run = mlflow.start_run(run_name=run_name, tags=tags)
-    os.environ[PARENT_ENV] = run.info.run_id
-    status = "FAILED"
+def trial_run(tracking, run_name: str, tags: dict[str, Any], run: RunLogger | NullLogger | None = None
+              ) -> Iterator[RunLogger | NullLogger]:
+    """The run a trial logs to: `run` when the caller made it (a search), else a new one in `tracking.experiment`
+    (nested under a multirun's parent). It ends FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM."""
+    if run is None:
+        tracker = Tracker.from_config(tracking)
+        run = tracker.start_run(run_name, tags, parent_id=multirun_parent())
+    else:
+        run.tags(tags)
     try:
-        yield run.info.run_id
-        status = "FINISHED"
-    finally:
-        os.environ.pop(PARENT_ENV, None)
-        mlflow.end_run(status=status)
+        yield run
+    except BaseException as exc:
+        with suppress(TrackingError):  # the store may be what failed: the first error is the one to show
+            run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    run.end("FINISHED")
+
+
+def multirun_parent() -> str | None:
+    """The parent run of the multirun this job belongs to (written by `MultirunParentCallback`), if any."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        hydra = HydraConfig.get()
+    except ValueError:  # not inside `python -m hybridsweep` (tests, Compose API)
+        return None
+    if hydra.mode != RunMode.MULTIRUN:
+        return None
+    path = Path(hydra.sweep.dir) / PARENT_FILE
+    return path.read_text().strip() if path.is_file() else None
 
 
 class MultirunParentCallback(Callback):
-    """Hydra callback: one MLflow parent run per multirun, so a grid's jobs are grouped in the UI."""
+    """Hydra callback: one MLflow parent run per multirun of single trials, so a grid's jobs are grouped in the
+    UI; its id goes to the sweep folder, where every job (in this process or a launcher's) reads it. A search
+    has a parent run per study instead."""
 
     def __init__(self):
-        self._parent = None
+        self._tracker: Tracker | None = None
+        self._run_id: str | None = None
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        tracking = config.tracking
-        if tracking.enabled:
-            self._parent = parent_run(tracking, run_name=f"multirun-{Path(config.hydra.sweep.dir).name}")
-            self._parent.__enter__()
+        if not config.tracking.enabled or config.task != "prune" or config.search.get("sampler") not in (None, "none"):
+            return
+        try:
+            self._tracker = Tracker.from_config(config.tracking)
+            sweep = Path(config.hydra.sweep.dir)
+            run = self._tracker.start_run(f"multirun-{sweep.name}", {"hybridsweep.kind": "multirun"})
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        sweep.mkdir(parents=True, exist_ok=True)
+        (sweep / PARENT_FILE).write_text(run.run_id)
+        self._run_id = run.run_id
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        if self._parent is not None:
-            self._parent.__exit__(None, None, None)
-            self._parent = None
-
-
-def ensure_experiment(uri: str, name: str, artifact_dir: Path) -> str:
-    """The experiment's id, created with its artifacts under `artifact_dir` (MLflow's default would put them
-    in ./mlruns of whatever folder the first run started in)."""
-    from mlflow import MlflowClient
-
-    _check_store(uri)
-    client = MlflowClient(tracking_uri=uri)
-    existing = client.get_experiment_by_name(name)
-    if existing is not None:
-        return existing.experiment_id
-    artifact_dir.mkdir(parents=True, exist_ok=True)
-    return client.create_experiment(name, artifact_location=artifact_dir.resolve().as_uri())
-
-
-def _check_store(uri: str) -> None:
-    if uri.startswith("file:") or "://" not in uri:
-        raise UserError(
-            f"tracking.uri={uri}: MLflow 3 refuses file stores; use sqlite:///mlflow.db or a server URL"
-        )
-
-
-def finished_trial_runs(uri: str, experiment: str) -> list:
-    """Every FINISHED trial run of an experiment (oldest first), as MLflow Run objects."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    runs = client.search_runs(
-        [found.experiment_id],
-        filter_string="tags.`hybridsweep.kind` = 'trial' and attributes.status = 'FINISHED'",
-        max_results=50000,
-        order_by=["attributes.start_time ASC"],
-    )
-    return list(runs)
-
-
-def update_run(uri: str, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
-    """Add metrics and tags to a finished run (the final latency pass does this after the trial)."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, RunTag
-
-    client = MlflowClient(tracking_uri=uri)
-    now = int(time.time() * 1000)
-    client.log_batch(
-        run_id,
-        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-        tags=[RunTag(k, str(v)) for k, v in tags.items()],
-    )
-
-
-def download_model(uri: str, run_id: str) -> Path:
-    """The run's `model/` artefacts (plan.json, model.pt, model.onnx) as a local folder."""
-    import mlflow
-
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", tracking_uri=uri))
-
-
-def log_report_run(tracking, studies: list[str], files: list[Path]) -> str | None:
-    """`task=report`: the overlaid fronts as a run of their own, in the experiment `tracking.experiment`."""
-    if not tracking.enabled:
-        return None
-    import mlflow
-
-    _connect(tracking.uri, tracking.experiment)
-    tags = {"hybridsweep.kind": "report", "report.studies": ",".join(studies)}
-    with mlflow.start_run(run_name="report: " + " vs ".join(studies), tags=tags) as run:
-        for path in files:
-            mlflow.log_artifact(str(path), artifact_path="pareto")
-        plotly_js = Path(files[0]).with_name("plotly.min.js")
-        if plotly_js.is_file():
-            mlflow.log_artifact(str(plotly_js), artifact_path="pareto")
-        return run.info.run_id
-
-
-def close_stale_runs(uri: str, experiment: str, tag: str) -> int:
-    """Runs carrying `tag` left RUNNING by a runner that was killed (the caller holds the only runner's lock)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return 0
-    stale = client.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
-    stale = [run for run in stale if tag in run.data.tags]
-    for run in stale:
-        client.set_terminated(run.info.run_id, "KILLED")
-    return len(stale)
+        if self._tracker is not None:
+            with suppress(TrackingError):
+                self._tracker.end_run(self._run_id, "FINISHED")
+            self._tracker = None

@@ -17,7 +17,7 @@ from hybridsweep.metrics.complexity import count
 from hybridsweep.metrics.latency import LatencyResult
 from hybridsweep.pruning.layer import removable_count
 from hybridsweep.pruning.plan import BUDGET_TOLERANCE, PrunePlan, apply_plan, plan_from_ratios, solve_budget
-from hybridsweep.tracking import git_commit, trial_run
+from hybridsweep.tracking import NullLogger, RunLogger, git_commit, trial_run
 from hybridsweep.train import evaluate, fit, resolve_device
 from hybridsweep.workbench import Workbench
 
@@ -93,15 +93,16 @@ def prune_model(cfg, model, scores) -> tuple[torch.nn.Module, PrunePlan, dict]:
 
 def run_trial(
     cfg, workbench: Workbench, output_dir: Path, run_name: str | None = None, on_epoch_end=None,
-    run_tags: dict[str, str] | None = None,
+    run_tags: dict[str, str] | None = None, run: RunLogger | NullLogger | None = None,
 ) -> TrialResult:
     """`on_epoch_end(epoch, model)` runs after each fine-tune epoch but the last; it may raise to stop early.
-    `run_tags` are set on the run when it opens (an experiment marks which variant the run is)."""
+    `run_tags` are set on the run when it opens (an experiment marks which variant the run is). `run` is the
+    MLflow run to log to when the caller made it (a search does, before the trial starts)."""
     device = resolve_device(cfg.device)
     ds = workbench.dataset(cfg)
     base = workbench.baseline(cfg, ds, device)
     tags = {"hybridsweep.kind": "trial", "criterion": cfg.criterion.name, **(run_tags or {})}
-    with trial_run(cfg.tracking, run_name or f"{cfg.criterion.name}-{cfg.model.name}", tags) as log:
+    with trial_run(cfg.tracking, run_name or f"{cfg.criterion.name}-{cfg.model.name}", tags, run) as log:
         log.params(trial_params(cfg))
         log.dict(OmegaConf.to_container(cfg, resolve=False), "config.yaml")
         metrics: dict[str, float] = {}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,20 +120,24 @@ class ExperimentRunner:
         self.base = trial_base_overrides(command_line)
         self.command_line = command_line
 
+    def tracker(self):
+        from hybridsweep.tracking import Tracker
+
+        return Tracker(self.uri, str(self.exp.name), self.store / "artifacts")
+
     # --- 1. the trials ----------------------------------------------------------------------------------------
 
     def run_missing(self) -> int:
         from hybridsweep.config import validate
         from hybridsweep.search.objective import compose_trial_config
         from hybridsweep.tasks import workbench
-        from hybridsweep.tracking import close_stale_runs, ensure_experiment, finished_trial_runs
         from hybridsweep.trial import run_trial
 
-        ensure_experiment(self.uri, str(self.exp.name), self.store / "artifacts")
-        stale = close_stale_runs(self.uri, str(self.exp.name), VARIANT_TAG)
+        tracker = self.tracker()
+        stale = tracker.close_stale_runs(VARIANT_TAG)
         if stale:
             print(f"experiment {self.exp.name}: {stale} run(s) left RUNNING by a killed run marked KILLED; rerunning")
-        done = {r.data.tags.get(VARIANT_TAG) for r in finished_trial_runs(self.uri, str(self.exp.name))}
+        done = {r.data.tags.get(VARIANT_TAG) for r in tracker.finished_trial_runs()}
         done |= {row.get("variant") for row in read_results(self.results / RESULTS_FILE)}
         todo = [v for v in variants(self.exp) if v.name not in done]
         total = len(variants(self.exp))
@@ -165,33 +168,25 @@ class ExperimentRunner:
     # --- 2. the final latency pass, 3. results.csv ------------------------------------------------------------
 
     def remeasure_and_collect(self) -> Path:
-        from hybridsweep.artifacts import load_pruned
-        from hybridsweep.baseline import build_architecture
-        from hybridsweep.final_latency import try_measure_final
+        from hybridsweep.final_latency import load_run_models, try_measure_final
         from hybridsweep.tasks import workbench
-        from hybridsweep.tracking import download_model, finished_trial_runs, update_run
         from hybridsweep.train import resolve_device
         from hybridsweep.trial import INPUT_SHAPE
 
-        runs = finished_trial_runs(self.uri, str(self.exp.name))
+        tracker = self.tracker()
+        runs = tracker.finished_trial_runs()
         if runs:
             bench = workbench(self.cfg)
             ds = bench.dataset(self.cfg)
             base = bench.baseline(self.cfg, ds, resolve_device(self.cfg.device))
-            models = {}
-            for run in runs:
-                try:
-                    models[run.info.run_id], _ = load_pruned(
-                        build_architecture(self.cfg.model, len(ds.classes)), download_model(self.uri, run.info.run_id)
-                    )
-                except (UserError, OSError) as exc:
-                    print(f"warning: run {run.info.run_id}: no model to re-measure ({exc})", file=sys.stderr)
+            models = load_run_models(tracker, {r.info.run_id: f"run {r.info.run_id}" for r in runs}, self.cfg.model,
+                                     len(ds.classes))
             print(f"experiment {self.exp.name}: re-measuring {len(models)} models and the baseline, interleaved")
             final = try_measure_final(models, base.model, to_plain(self.cfg.latency), INPUT_SHAPE)
             if final is not None:
                 for run_id in models:
-                    update_run(self.uri, run_id, final.metrics(run_id), final.tags(run_id))
-                runs = finished_trial_runs(self.uri, str(self.exp.name))
+                    tracker.update_run(run_id, final.metrics(run_id), final.tags(run_id))
+                runs = tracker.finished_trial_runs()
         rows = [_row(run) for run in runs]
         in_store = {row["run_id"] for row in rows}
         kept = [row for row in read_results(self.results / RESULTS_FILE) if row.get("run_id") not in in_store]

@@ -1,6 +1,6 @@
 """One Optuna trial = one pruning trial: sample the plan, compose the trial's config with Hydra's Compose API
 (the search's own command line plus the sampled values), run the same `run_trial` a single run uses, and
-return the objectives. Also: the search space, the early-stop rule and the search's MLflow side.
+return the objectives. Also: the search space and the early-stop rule. The MLflow side is `tracking.Tracker`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 import os
 import socket
+import traceback
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from optuna.trial import Trial, TrialState
 
 from hybridsweep.config import ORDERS, criterion_choices
 from hybridsweep.errors import UserError
+from hybridsweep.redaction import redact
+from hybridsweep.tracking import Tracker, TrackingError
 
 # config key on the command line -> Optuna parameter name
 SEARCHED_KEYS = {
@@ -272,164 +276,6 @@ def worker_alive(worker: str | None) -> bool | None:
     return True
 
 
-# --- the search's MLflow side ---------------------------------------------------------------------------------
-
-
-def redact(url: str) -> str:
-    import re
-
-    return re.sub(r"//([^:/@]+):([^@]*)@", r"//\1:***@", str(url))
-
-
-class SearchTracker:
-    """One MLflow experiment per study (named after it), one parent run per study (its id is a study user attr,
-    so a resumed study and every worker reuse it), one nested run per trial, linked both ways: the trial's user
-    attr `mlflow_run_id`, the run's tags `optuna.study` / `optuna.trial`. Trial runs are created here, before
-    the trial starts, and handed to `run_trial` through MLFLOW_RUN_ID, so a killed trial's run can be found."""
-
-    def __init__(self, tracking, study_name: str):
-        self.enabled = bool(tracking.enabled)
-        self.study_name = study_name
-        self.parent_id: str | None = None
-        self._pareto: dict[str, str] = {}
-        self._plotly_logged = False
-        if not self.enabled:
-            return
-        import mlflow
-        from mlflow import MlflowClient
-
-        from hybridsweep.tracking import _connect
-
-        _connect(tracking.uri, study_name)  # refuses file stores, names the setting when the store cannot open
-        self.uri = tracking.uri
-        self.client = MlflowClient(tracking_uri=tracking.uri)
-        self.experiment_id = mlflow.get_experiment_by_name(study_name).experiment_id
-
-    def open_parent(self, study: optuna.Study, tags: dict[str, str], params: dict[str, Any]) -> str | None:
-        """Reuse the study's parent run (set it RUNNING again) or create it; call under the study lock."""
-        if not self.enabled:
-            return None
-        from mlflow.exceptions import MlflowException
-
-        run_id = study.user_attrs.get("mlflow_parent_run_id")
-        if run_id:
-            try:
-                run = self.client.get_run(run_id)
-                if run.info.lifecycle_stage != "active" or run.info.experiment_id != self.experiment_id:
-                    run_id = None
-            except MlflowException:  # another tracking store than the study's first run used
-                run_id = None
-        if run_id:
-            self.client.update_run(run_id, status="RUNNING")
-        else:
-            run = self.client.create_run(
-                self.experiment_id, run_name=self.study_name,
-                tags={"optuna.study": self.study_name, "hybridsweep.kind": "search", **tags},
-            )
-            run_id = run.info.run_id
-            for key, value in params.items():
-                self.client.log_param(run_id, key, str(value)[:6000])
-            study.set_user_attr("mlflow_parent_run_id", run_id)
-            study.set_user_attr("mlflow_experiment", self.study_name)
-            study.set_user_attr("mlflow_tracking_uri", redact(self.uri))
-        self.parent_id = run_id
-        return run_id
-
-    def start_trial(self, number: int, run_name: str) -> str | None:
-        if not self.enabled:
-            return None
-        run = self.client.create_run(
-            self.experiment_id, run_name=run_name,
-            tags={"mlflow.parentRunId": self.parent_id, "optuna.study": self.study_name, "optuna.trial": str(number),
-                  "study": self.study_name, "hybridsweep.kind": "trial"},
-        )
-        return run.info.run_id
-
-    def end_trial(self, run_id: str | None, status: str, tags: dict[str, str] | None = None) -> None:
-        """Close a trial's run if it is still RUNNING (run_trial closes it itself when it gets that far); KILLED
-        (pruned, interrupted, worker gone) also replaces the FAILED that MLflow records for any exception."""
-        if not self.enabled or not run_id:
-            return
-        from mlflow.exceptions import MlflowException
-
-        try:
-            current = self.client.get_run(run_id).info.status
-            if current == "RUNNING" or (status == "KILLED" and current == "FAILED"):
-                self.client.set_terminated(run_id, status)
-            for key, value in (tags or {}).items():
-                self.client.set_tag(run_id, key, value)
-        except MlflowException as exc:
-            print(f"warning: could not close MLflow run {run_id}: {exc}")
-
-    def log_metrics(self, run_id: str | None, metrics: dict[str, float]) -> None:
-        if self.enabled and run_id:
-            for key, value in metrics.items():
-                self.client.log_metric(run_id, key, float(value))
-
-    def close_orphans(self, study: optuna.Study) -> int:
-        """Runs of this study left RUNNING by a trial that is no longer running (killed worker, stale heartbeat)."""
-        if not self.enabled or not self.parent_id:
-            return 0
-        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' and attributes.status = 'RUNNING'",
-            max_results=5000,
-        )
-        closed = 0
-        for run in runs:
-            number = run.data.tags.get("optuna.trial", "")
-            trial = trials.get(int(number)) if number.isdigit() else None
-            live = (trial is not None and trial.state == TrialState.RUNNING
-                    and trial.user_attrs.get("mlflow_run_id") == run.info.run_id)
-            if not live:
-                state = trial.state.name if trial is not None else "UNKNOWN"
-                self.end_trial(run.info.run_id, "FINISHED" if state == "COMPLETE" else "KILLED",
-                               {"optuna.state": state})
-                closed += 1
-        return closed
-
-    def mark_pareto(self, rows: Sequence[dict]) -> None:
-        """Tag `pareto=true` on the front's runs (and `false` on runs that left it)."""
-        if not self.enabled:
-            return
-        for row in rows:
-            run_id, value = row.get("mlflow_run_id"), "true" if row["pareto"] else "false"
-            if run_id and self._pareto.get(run_id) != value:
-                self.client.set_tag(run_id, "pareto", value)
-                self._pareto[run_id] = value
-
-    def log_front(self, files: Sequence[Path], complete: int, front: int, step: int) -> None:
-        if not self.enabled or not self.parent_id:
-            return
-        for path in files:
-            self.client.log_artifact(self.parent_id, str(path), artifact_path="pareto")
-        plotly_js = Path(files[0]).with_name("plotly.min.js") if files else None
-        if plotly_js is not None and plotly_js.is_file() and not self._plotly_logged:  # 4.6 MB: once per run
-            self.client.log_artifact(self.parent_id, str(plotly_js), artifact_path="pareto")
-            self._plotly_logged = True
-        self.client.log_metric(self.parent_id, "search/complete_trials", complete, step=step)
-        self.client.log_metric(self.parent_id, "search/front_size", front, step=step)
-
-    def log_baseline(self, baseline: dict) -> None:
-        """The unpruned model on the parent run: what every trial of the front is compared with."""
-        if not self.enabled or not self.parent_id:
-            return
-        for key in ("top1", "params", "flops"):
-            self.client.log_metric(self.parent_id, f"baseline/{key}", float(baseline[key]))
-        self.client.log_metric(self.parent_id, f"baseline/latency/{baseline['backend']}/final_ms",
-                               float(baseline["latency_ms"]))
-        self.client.set_tag(self.parent_id, "baseline.latency.load_avg", str(baseline["load_avg"]))
-
-    def finish(self, study: optuna.Study, status: str) -> None:
-        """End the parent run, unless another worker still runs trials (the last one ends it)."""
-        if not self.enabled or not self.parent_id:
-            return
-        if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            return
-        self.client.set_terminated(self.parent_id, status)
-
-
 # --- early stop ---------------------------------------------------------------------------------------------
 
 
@@ -481,15 +327,21 @@ class Objective:
     base_overrides: list[str]  # the single-trial command line (see trial_base_overrides)
     metric_keys: list[str]  # one metric of run_trial's result per objective
     n_trials: int  # the study's total
-    tracker: SearchTracker
+    tracker: Tracker
     output_dir: Path
     early_stop: EarlyStop = field(default_factory=EarlyStop)
     study: optuna.Study | None = None
+    fatal: TrackingError | None = None  # set when the MLflow store broke: the search ends with it
 
     def _surplus(self, trial: Trial) -> bool:
         others = self.study.get_trials(deepcopy=False, states=LIVE)
         taken = sum(1 for t in others if t.state != TrialState.RUNNING or t.number < trial.number)
         return taken >= self.n_trials
+
+    def _stop_on(self, exc: TrackingError) -> None:
+        """No later trial could log either: end the search, which then reports this one line."""
+        self.fatal = exc
+        self.study.stop()
 
     def __call__(self, trial: Trial) -> tuple[float, ...]:
         from hybridsweep.config import validate
@@ -507,32 +359,38 @@ class Objective:
         trial.set_user_attr("plan", plan)
         trial.set_user_attr("budget_group", group)
         cfg = compose_trial_config([*self.base_overrides, *self.space.overrides(plan)])
-        cfg.tracking.experiment = self.tracker.study_name
+        cfg.tracking.experiment = self.study.study_name
         out = self.output_dir / "trials" / f"{trial.number:04d}"
         cfg.paths.output_dir = str(out)
         validate(cfg)
         bench = workbench(cfg)
         run_name = f"trial-{trial.number}-{plan['criterion']}"  # criterion in the name: legends of compared studies
-        run_id = self.tracker.start_trial(trial.number, run_name)
-        if run_id:
-            trial.set_user_attr("mlflow_run_id", run_id)
-            os.environ["MLFLOW_RUN_ID"] = run_id  # run_trial's mlflow.start_run resumes this run
+        try:
+            run = self.tracker.start_trial(trial.number, run_name)
+        except TrackingError as exc:
+            self._stop_on(exc)
+            raise
+        if run.run_id:
+            trial.set_user_attr("mlflow_run_id", run.run_id)
         hook = None
         if self.early_stop.enabled:
             hook = self.early_stop.hook(self.study, trial, cfg, bench, group,
-                                        lambda m: self.tracker.log_metrics(run_id, m))
+                                        lambda m: self.tracker.log_metrics(run.run_id, m))
         try:
-            result = run_trial(cfg, bench, out, run_name=run_name, on_epoch_end=hook)
+            result = run_trial(cfg, bench, out, run_name=run_name, on_epoch_end=hook, run=run)
         except optuna.TrialPruned:
-            self.tracker.end_trial(run_id, "KILLED", {"optuna.state": "PRUNED"})
+            self.tracker.end_run(run.run_id, "KILLED", {"optuna.state": "PRUNED"})
             raise
         except BaseException as exc:
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            self.tracker.end_trial(run_id, status, {"optuna.state": "FAIL"})
+            trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:1000])
+            if not isinstance(exc, UserError | KeyboardInterrupt):  # a bug: its traceback, once
+                traceback.print_exc()
+            if isinstance(exc, TrackingError):
+                self._stop_on(exc)
+            with suppress(TrackingError):
+                status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+                self.tracker.end_run(run.run_id, status, {"optuna.state": "FAIL"})
             raise
-        finally:
-            os.environ.pop("MLFLOW_RUN_ID", None)
 
         m = result.metrics
         missing = [k for k in self.metric_keys if k not in m]
@@ -557,6 +415,6 @@ class Objective:
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        self.tracker.end_trial(result.run_id, "FINISHED",
+        self.tracker.end_run(result.run_id, "FINISHED",
                                {"optuna.feasible": str(ratio <= plan["budget"] * (1 + BUDGET_TOLERANCE)).lower()})
         return values

@@ -41,14 +41,11 @@ def candidates(study: optuna.Study) -> list[FrozenTrial]:
 def remeasure(studies: list[optuna.Study], cfg) -> dict | None:
     """Re-measure the candidates of `studies` and the baseline of `cfg` in one pass; record and log the figures.
     Returns the baseline record, or None when nothing could be measured (the per-trial figures then stand)."""
-    from hybridsweep.artifacts import load_pruned
-    from hybridsweep.baseline import build_architecture
     from hybridsweep.config import to_plain
-    from hybridsweep.errors import UserError
-    from hybridsweep.final_latency import try_measure_final
+    from hybridsweep.final_latency import load_run_models, try_measure_final
     from hybridsweep.metrics.complexity import count
     from hybridsweep.tasks import workbench
-    from hybridsweep.tracking import download_model, update_run
+    from hybridsweep.tracking import Tracker
     from hybridsweep.train import resolve_device
     from hybridsweep.trial import INPUT_SHAPE
 
@@ -56,24 +53,16 @@ def remeasure(studies: list[optuna.Study], cfg) -> dict | None:
         print("search: tracking is off, so the trials' models cannot be fetched for a final latency pass; "
               "the per-trial latencies stand", file=sys.stderr)
         return None
-    uri = str(cfg.tracking.uri)
+    tracker = Tracker(str(cfg.tracking.uri))
     bench = workbench(cfg)
     ds = bench.dataset(cfg)
     device = resolve_device(cfg.device)
     base = bench.baseline(cfg, ds, device)
-    models, owners = {}, {}
-    for study in studies:
-        for t in candidates(study):
-            run_id = t.user_attrs.get("mlflow_run_id")
-            if not run_id:
-                continue
-            try:
-                models[run_id], _ = load_pruned(build_architecture(cfg.model, len(ds.classes)),
-                                                download_model(uri, run_id))
-                owners[run_id] = (study, t.number)
-            except (UserError, OSError) as exc:
-                print(f"warning: trial {t.number} of {study.study_name}: no model to re-measure ({exc})",
-                      file=sys.stderr)
+    owners = {t.user_attrs["mlflow_run_id"]: (study, t.number)
+              for study in studies for t in candidates(study) if t.user_attrs.get("mlflow_run_id")}
+    labels = {run_id: f"trial {number} of {study.study_name}" for run_id, (study, number) in owners.items()}
+    models = load_run_models(tracker, labels, cfg.model, len(ds.classes))
+    owners = {run_id: owner for run_id, owner in owners.items() if run_id in models}
     if not models:
         return None
     print(f"search: final latency pass: {len(models)} front candidates and the baseline, interleaved on "
@@ -90,7 +79,7 @@ def remeasure(studies: list[optuna.Study], cfg) -> dict | None:
     per_study: dict[str, dict[str, float]] = {}
     for run_id, (study, number) in owners.items():
         per_study.setdefault(study.study_name, {})[str(number)] = final.result(run_id).median_ms
-        update_run(uri, run_id, final.metrics(run_id), final.tags(run_id))
+        tracker.update_run(run_id, final.metrics(run_id), final.tags(run_id))
     for study in studies:
         study.set_user_attr(BASELINE_ATTR, baseline)
         study.set_user_attr(FINAL_ATTR, per_study.get(study.study_name, {}))

@@ -343,9 +343,10 @@ def report_from_config(cfg) -> list[Path]:
     Their front candidates and the baseline are re-measured together first (the baseline and latency settings
     come from the first study's own command line), then the overlaid fronts are written to the run's output
     folder and logged as an MLflow run of their own, tagged with the studies it compares."""
+    from hybridsweep.redaction import HIDDEN
     from hybridsweep.search.objective import compose_trial_config
     from hybridsweep.search.remeasure import remeasure
-    from hybridsweep.tracking import log_report_run
+    from hybridsweep.tracking import Tracker
 
     search = cfg.get("search") or {}
     storage = search.get("storage") or "sqlite:///optuna.db"
@@ -359,9 +360,11 @@ def report_from_config(cfg) -> list[Path]:
         out_dir = Path("outputs")
     first_command = studies[0].user_attrs.get("base_overrides")
     study_cfg = compose_trial_config(first_command) if first_command else cfg
+    if HIDDEN in str(study_cfg.tracking.uri):  # stored with its password hidden: the report's own setting has it
+        study_cfg.tracking.uri = cfg.tracking.uri
     remeasure(studies, study_cfg)
     paths = report(studies, out_dir / "report")
-    run_id = log_report_run(study_cfg.tracking, [s.study_name for s in studies], paths)
+    run_id = Tracker.from_config(study_cfg.tracking).log_report([s.study_name for s in studies], paths)
     print("report: " + "  ".join(str(p) for p in paths) + (f"\n  MLflow run {run_id}" if run_id else ""))
     return paths
 

@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +29,20 @@ from optuna.study import MaxTrialsCallback, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from hybridsweep.errors import UserError
+from hybridsweep.redaction import redact
 from hybridsweep.search.objective import (
     OBJECTIVES,
     EarlyStop,
     Objective,
     SearchSpace,
-    SearchTracker,
     compose_trial_config,
     fixed_keys,
     parse_space,
-    redact,
     trial_base_overrides,
     worker_alive,
 )
 from hybridsweep.search.report import baseline_row, front_rows, objective_names, study_title, write_front
+from hybridsweep.tracking import Tracker, TrackingError, postgres_driver
 
 SAMPLERS = ("nsga2", "tpe", "random", "grid")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -130,17 +130,6 @@ def _local_file(spec: str) -> Path | None:
     return None
 
 
-def _postgres_driver(url: str) -> str:
-    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 (the `postgres` extra) when only it is here."""
-    if not url.startswith("postgresql://"):
-        return url
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
-
-
 def open_storage(spec: str, heartbeat_s: int = 60, retries: int = 1) -> BaseStorage:
     """`search.storage` as an Optuna storage: sqlite:///FILE.db (default), FILE.journal (JournalFileBackend:
     several local workers), postgresql://USER:PASSWORD@HOST:PORT/DB (RDBStorage with heartbeat; a trial
@@ -161,7 +150,7 @@ def open_storage(spec: str, heartbeat_s: int = 60, retries: int = 1) -> BaseStor
             "postgresql://USER:PASSWORD@HOST:PORT/DB"
         )
     kwargs: dict[str, Any] = {}
-    spec = _postgres_driver(spec)
+    spec = postgres_driver(spec)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -237,7 +226,7 @@ def _check_existing(name: str, storage: BaseStorage, shown: str, keys: list[str]
     return len(existing.get_trials(deepcopy=False))
 
 
-def fail_dead_trials(study: optuna.Study, tracker: SearchTracker, heartbeat: bool = False) -> list[int]:
+def fail_dead_trials(study: optuna.Study, tracker: Tracker, heartbeat: bool = False) -> list[int]:
     """Trials RUNNING whose worker process on this host is gone (kill -9, OOM, power loss): FAIL, run KILLED.
     With a heartbeat (PostgreSQL), also trials of any host whose heartbeat is stale (FAIL, then retried)."""
     if heartbeat:
@@ -252,7 +241,7 @@ def fail_dead_trials(study: optuna.Study, tracker: SearchTracker, heartbeat: boo
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         except ValueError:  # finished meanwhile
             continue
-        tracker.end_trial(t.user_attrs.get("mlflow_run_id"), "KILLED", {"optuna.state": "FAIL"})
+        tracker.end_run(t.user_attrs.get("mlflow_run_id"), "KILLED", {"optuna.state": "FAIL"})
         failed.append(t.number)
     if failed:
         print(f"search: trial(s) {', '.join(map(str, failed))} were left RUNNING by a worker that is gone; "
@@ -288,7 +277,7 @@ class _AfterTrial:
     """After each trial: a progress line, the front published (files + parent run + pareto tags), and a stop after
     too many failures in a row."""
 
-    def __init__(self, tracker: SearchTracker, out_dir: Path, max_failures: int, n_trials: int):
+    def __init__(self, tracker: Tracker, out_dir: Path, max_failures: int, n_trials: int):
         self.tracker, self.out_dir, self.max_failures, self.n_trials = tracker, out_dir, max_failures, n_trials
         self.failures: list[FrozenTrial] = []
         self.durations: list[float] = []
@@ -361,7 +350,7 @@ class _AfterTrial:
         self.publish(study)
 
 
-def final_pass(study: optuna.Study, cfg, tracker: SearchTracker) -> None:
+def final_pass(study: optuna.Study, cfg, tracker: Tracker) -> None:
     """Re-measure the front's candidates and the baseline together (`remeasure.py`); never costs the study."""
     from hybridsweep.search.remeasure import remeasure
 
@@ -396,11 +385,40 @@ def front_table(rows: list[dict], objectives: list[str], baseline: dict | None =
     return "Pareto front:\n" + "\n".join(lines)
 
 
+def compose_probe(base: list[str], plan_overrides: list[str]):
+    """The config of a first trial, checked: a command line that cannot make a trial fails before the study."""
+    from hybridsweep.config import validate
+
+    try:
+        cfg = compose_trial_config([*base, *plan_overrides])
+    except Exception as exc:
+        raise UserError(f"a trial's config does not compose from this command line: {_first_line(exc)}") from exc
+    validate(cfg)
+    return cfg
+
+
+def check_inputs(cfg) -> None:
+    """Load what every trial needs (data, baseline weights, scores) and build the first plan once, before any
+    trial exists: bad weights or data are one line, not a FAILED trial per attempt. The work is cached, so the
+    first trial reuses it."""
+    import copy
+
+    from hybridsweep.tasks import workbench
+    from hybridsweep.train import resolve_device
+    from hybridsweep.trial import prune_model
+
+    bench = workbench(cfg)
+    ds = bench.dataset(cfg)
+    base = bench.baseline(cfg, ds, resolve_device(cfg.device))
+    prune_model(cfg, copy.deepcopy(base.model).cpu(), bench.scores(cfg, ds, base))
+
+
 def run_search(cfg, overrides: Sequence[str] | None = None) -> optuna.Study:
     """Run (or resume) the study `cfg.search` describes; returns it. `overrides` is the command line that
     composed `cfg` (read from Hydra inside `python -m hybridsweep`)."""
     command_line = _command_line(overrides)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial replaces Optuna's INFO line
+    # our own line per trial replaces Optuna's INFO line and its WARNING traceback of a failed trial
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     search = cfg.search
     sampler_name = _sampler_name(search)
     space = parse_space(search, cfg, fixed_keys(command_line))
@@ -425,29 +443,25 @@ def run_search(cfg, overrides: Sequence[str] | None = None) -> optuna.Study:
 
     base = trial_base_overrides(command_line)
     probe = {**space.fixed, **{d.name: (d.choices[0] if d.choices else d.low) for d in space.dims}}
-    try:
-        from hybridsweep.config import validate
+    check_inputs(compose_probe(base, space.overrides(probe)))
 
-        validate(compose_trial_config([*base, *space.overrides(probe)]))
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"a trial's config does not compose from this command line: {_first_line(exc)}") from exc
-
-    tracker = SearchTracker(cfg.tracking, name)
     with study_lock(spec, storage, name):
+        tracker = Tracker.from_config(cfg.tracking, name)  # creates the MLflow store: one worker at a time
         existing = _check_existing(name, storage, shown, keys, directions)
-        sampler = _make_sampler(sampler_name, search, space, None if seed is None else seed + existing)
+        # workers of one multirun differ only in search.worker: without it they would sample the same plans
+        worker_seed = None if seed is None else seed + existing + 1_000_003 * _int(search, "worker", 0, 0)
+        sampler = _make_sampler(sampler_name, search, space, worker_seed)
         study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions,
                                     load_if_exists=True)
         if study.metric_names is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(keys)
+        shown_base = [redact(arg) for arg in base]  # optuna-dashboard shows study attributes
         first = study.user_attrs.get("base_overrides")
         if first is None:
-            study.set_user_attr("base_overrides", base)
-        elif first != base:
+            study.set_user_attr("base_overrides", shown_base)
+        elif first != shown_base:
             print(f"warning: study {name} was started with other settings ({' '.join(first)}); its trials are "
                   "compared as if they were alike", file=sys.stderr)
         fail_dead_trials(study, tracker, heartbeat=bool(getattr(storage, "heartbeat_interval", None)))
@@ -479,16 +493,20 @@ def run_search(cfg, overrides: Sequence[str] | None = None) -> optuna.Study:
                 objective, n_trials=None if max_failures else remaining, catch=(Exception,),
                 callbacks=[MaxTrialsCallback(n_trials, states=FINISHED), after],
             )
+        if objective.fatal is not None:
+            raise objective.fatal
         status = "FINISHED"
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # the last worker measures
             final_pass(study, compose_trial_config(base), tracker)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see __main__)
         status = "KILLED"
         raise
     finally:
-        files = after.publish(study)
-        tracker.close_orphans(study)
-        tracker.finish(study, status)
+        # the store may be what failed: the error already raised is the one line to show
+        files = after.publish(study)  # never raises: a plot must never cost the study
+        with suppress(TrackingError):
+            tracker.close_orphans(study)
+            tracker.finish(study, status)
 
     rows = front_rows(study)
     print(front_table(rows, objective_names(study), baseline_row(study)))

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from hybridsweep import conf_dir
-from hybridsweep.config import check_group_choices, validate
+from hybridsweep.config import check_group_choices, check_keys, validate
 from hybridsweep.errors import UserError
 from tests.helpers import compose_config
 
@@ -24,6 +24,8 @@ def test_every_config_file_composes(group, option, tmp_path):
         overrides.append("+criterion=l1")
     if option == "imagefolder":
         overrides.append(f"data.root={tmp_path}")
+    if option == "jetson":
+        overrides.append("latency.host=127.0.0.1")  # a required setting: validate builds the backend
     cfg = compose_config(*overrides)
     assert cfg.task in ("prune", "evaluate", "train_baseline", "latency", "experiment")
     if group == "criterion":
@@ -95,3 +97,20 @@ def test_cli_user_mistakes_exit_nonzero_without_traceback(args, needle, tmp_path
     assert out.returncode != 0
     assert needle in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize(
+    "typed,nearest",
+    [("chanel_ratio=0.3", "channel_ratio"), ("+chanel_ratio=0.3", "channel_ratio"),
+     ("+latency.thread=2", "latency.threads"), ("search.n_trial=3", "search.n_trials"),
+     ("~finetune.lrr", "finetune.lr")],
+)
+def test_a_misspelt_key_names_the_nearest_setting(typed, nearest):
+    with pytest.raises(UserError, match=rf"is not a setting; did you mean {nearest.replace('.', '[.]')}\?$"):
+        check_keys([typed], conf_dir())
+
+
+def test_real_keys_groups_and_free_form_settings_pass():
+    check_keys(["channel_ratio=0.3", "+latency.round_runs=10", "search.worker=0,1", "+criterion=l1",
+                "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "~search.lr", "+experiment=order",
+                "experiment.run_missing=false", "+data.stats.mean=[0.5,0.5,0.5]", "-m"], conf_dir())
