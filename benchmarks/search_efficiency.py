@@ -13,6 +13,15 @@ study against one reference point shared by all (the worst top-1 minus 1 point, 
 The last line is `hv_ratio=<x>`: the better of NSGA-II's and TPE's hypervolume over the grid's. Above 1 means a
 sampler beat a grid with twice its budget. At this fidelity top-1 on a small test subset and a short latency
 measurement are noisy, so read the ratio as indicative, not exact.
+
+    python benchmarks/search_efficiency.py --screen 4 --quick   # screened against unscreened NSGA-II
+
+`--screen K` instead runs two NSGA-II studies with the same number of fine-tuned trials, one fine-tuning every
+sampled plan and one choosing each fine-tuned plan from K screened by adaptive-BN top-1 and latency
+(`search.screen.candidates=K`), and compares hypervolume per hour of wall time (both on the same machine, one
+after the other, the load average printed). Screening pays where fine-tuning dominates a trial's cost, so this
+mode fine-tunes a full epoch of the training subset. Last line: `hv_per_hour_ratio=<x>` (screened over
+unscreened); the goal is >= 2.
 """
 
 import argparse
@@ -38,6 +47,7 @@ def fidelity(quick: bool, cache: Path, root: Path, device: str) -> list[str]:
         "data.stats=cifar10",
         f"data.train_subset={512 if quick else 5000}",
         f"data.test_subset={200 if quick else 1000}",
+        f"screen.bn_images={256 if quick else 2000}",
         "finetune.epochs=1",
         f"finetune.max_steps={2 if quick else 20}",
         "finetune.batch_size=64",
@@ -59,7 +69,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 trials per sampler (a few minutes on 2 cores)")
     parser.add_argument("--trials", type=int, default=None, help="trials per sampler (the grid gets twice as many)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--screen", type=int, default=None, metavar="K",
+                        help="compare screened (K plans per fine-tuned trial) with unscreened NSGA-II")
     args = parser.parse_args()
+    if args.screen is not None:
+        screened_against_unscreened(args)
+        return
     n = args.trials or (4 if args.quick else 16)
     cache = Path(os.environ.get("HYBRIDSWEEP_CACHE", Path.home() / ".cache" / "hybridsweep")).expanduser()
     with tempfile.TemporaryDirectory(prefix="search-efficiency-") as tmp:
@@ -93,6 +108,41 @@ def main() -> None:
               f"{min(r[names[1]] for r in rs):8.3f} {hv[name]:11.3f} {seconds[name]:7.0f}")
     best = max(hv["nsga2"], hv["tpe"])
     print(f"hv_ratio={best / hv['grid']:.3f}" if hv["grid"] > 0 else "hv_ratio=inf")
+
+
+def screened_against_unscreened(args) -> None:
+    from machine import load_average
+
+    n = args.trials or (4 if args.quick else 12)
+    cache = Path(os.environ.get("HYBRIDSWEEP_CACHE", Path.home() / ".cache" / "hybridsweep")).expanduser()
+    print(f"load average at start: {load_average()}")
+    with tempfile.TemporaryDirectory(prefix="search-efficiency-") as tmp:
+        root = Path(tmp)
+        base = [*fidelity(args.quick, cache, root, args.device), "finetune.max_steps=null", "search=nsga2",
+                f"search.n_trials={n}",
+                f"search.population_size={max(2, n // 2)}"]
+        runs = {"unscreened": ["search.screen.candidates=1"],
+                "screened": [f"search.screen.candidates={args.screen}", "search.screen.test_images=1000"]}
+        studies, seconds = {}, {}
+        for name, extra in runs.items():
+            overrides = [*base, *extra, f"search.study_name=bench-{name}"]
+            start = time.perf_counter()
+            studies[name] = run_search(compose_trial_config(overrides), overrides)
+            seconds[name] = time.perf_counter() - start
+        rows = {name: front_rows(study) for name, study in studies.items()}
+        names, directions = objective_names(studies["unscreened"]), studies["unscreened"].directions
+        every = [r for rs in rows.values() for r in rs if r["feasible"]]
+        reference = [min(r[names[0]] for r in every) - 1.0, max(r[names[1]] for r in every) * 1.05]
+        hv = {name: hypervolume(rs, names, directions, reference) for name, rs in rows.items()}
+    per_hour = {name: hv[name] / (seconds[name] / 3600) for name in runs}
+    print(f"\nfine-tuned trials per study: {n}; screened: {args.screen} plans per fine-tuned trial; "
+          f"load average at end: {load_average(at_start=False)}")
+    for name in runs:
+        sampled = len(studies[name].trials)
+        print(f"{name:10} plans {sampled:3d}  hypervolume {hv[name]:9.3f}  time {seconds[name]:6.0f} s  "
+              f"hv/hour {per_hour[name]:9.3f}")
+    print(f"hv_per_hour_ratio={per_hour['screened'] / per_hour['unscreened']:.3f}" if per_hour["unscreened"] > 0
+          else "hv_per_hour_ratio=inf")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,14 @@ class PruneConfig:
 
 
 @dataclass
+class ScreenConfig:
+    """Adaptive BN: a pruned model's BatchNorm statistics re-estimated before fine-tuning (see adaptive_bn.py)."""
+
+    bn_images: int | None = 2000  # class-balanced training images to re-estimate on; null: skip adaptive BN
+    finetune_from_adaptive_bn: bool = True  # fine-tune from the re-estimated statistics (else from the old ones)
+
+
+@dataclass
 class PathsConfig:
     cache_dir: str = "~/.cache/hybridsweep"
     output_dir: str = "."
@@ -112,6 +120,7 @@ class Config:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     layer: LayerConfig = field(default_factory=LayerConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     finetune: TrainConfig = field(default_factory=TrainConfig)
@@ -189,6 +198,7 @@ def validate(cfg: DictConfig) -> None:
     _positive("data.train_subset", cfg.data.train_subset, allow_none=True)
     _positive("data.test_subset", cfg.data.test_subset, allow_none=True)
     _positive("data.calibration_size", cfg.data.calibration_size)
+    _positive("screen.bn_images", cfg.screen.bn_images, allow_none=True)
     if cfg.calibration.whole_models < 2:
         raise UserError(f"calibration.whole_models={cfg.calibration.whole_models} is invalid: it must be >= 2")
     _positive("calibration.passes", cfg.calibration.passes)

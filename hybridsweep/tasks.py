@@ -54,7 +54,9 @@ def prune(cfg: DictConfig) -> dict:
     print(
         f"plan: {result.plan.blocks} blocks removed ({', '.join(result.plan.removed_blocks) or 'none'}), "
         f"channel ratio {result.plan.channel_ratio:.3f}, order {result.plan.order}\n"
-        f"top-1 {m['baseline/top1']:.2f}% -> pruned {m['pruned/top1']:.2f}% -> fine-tuned {m['finetuned/top1']:.2f}%\n"
+        f"top-1 {m['baseline/top1']:.2f}% -> pruned {m['pruned/top1']:.2f}%"
+        + (f" -> adaptive BN {m['adaptive_bn/top1']:.2f}%" if "adaptive_bn/top1" in m else "")
+        + f" -> fine-tuned {m['finetuned/top1']:.2f}%\n"
         f"params {m['params']:,} (-{m['params_reduction_pct']:.1f}%)  FLOPs {m['flops']:,} "
         f"(-{m['flops_reduction_pct']:.1f}%)  {latency_text}\n"
         f"pruned model: {result.output_dir}  MLflow run: {result.run_id or 'tracking disabled'} "

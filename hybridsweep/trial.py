@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from hybridsweep.adaptive_bn import recalibrate
 from hybridsweep.artifacts import save_pruned
 from hybridsweep.config import to_plain
 from hybridsweep.export import export_onnx
@@ -55,6 +56,8 @@ def trial_params(cfg) -> dict:
         "finetune_max_steps": cfg.finetune.max_steps,
         "finetune_lr": cfg.finetune.lr,
         "distill": cfg.finetune.distill,
+        "screen_bn_images": cfg.screen.bn_images,
+        "finetune_from_adaptive_bn": cfg.screen.finetune_from_adaptive_bn,
         "latency_backend": cfg.latency.backend,
         "git_commit": git_commit(),
     }
@@ -89,6 +92,21 @@ def prune_model(cfg, model, scores) -> tuple[torch.nn.Module, PrunePlan, dict]:
     if abs(error) > 100 * BUDGET_TOLERANCE:
         print(f"warning: the closest plan found is {error:+.2f}% off budget.flops={cfg.budget.flops}")
     return solved.model, solved.plan, {"budget/flops_error_pct": error, "budget/solver_evaluations": solved.evaluations}
+
+
+def adaptive_bn(cfg, model, ds, device, eval_kw) -> tuple[torch.nn.Module, dict[str, float]]:
+    """`adaptive_bn/top1`: the pruned model's accuracy once its BatchNorm statistics are re-estimated (a cheap
+    guide to its fine-tuned accuracy). Returns the model fine-tuning starts from and the metrics."""
+    if not cfg.screen.bn_images:
+        return model, {}
+    start = time.perf_counter()
+    candidate = model if cfg.screen.finetune_from_adaptive_bn else copy.deepcopy(model)
+    if not recalibrate(candidate, ds, cfg.screen.bn_images, device=device, seed=cfg.seed):
+        print(f"note: {cfg.model.name} has no BatchNorm layer, so adaptive BN is skipped (screen.bn_images)")
+        return model, {}
+    acc = evaluate(candidate, ds, desc="evaluate adaptive BN", **eval_kw)
+    return candidate, {"adaptive_bn/top1": acc.top1, "adaptive_bn/top5": acc.top5,
+                       "time/adaptive_bn_s": time.perf_counter() - start}
 
 
 def run_trial(
@@ -130,6 +148,7 @@ def run_trial(
 
         eval_kw = {"device": device, "batch_size": cfg.finetune.eval_batch_size}
         pruned = evaluate(model, ds, desc="evaluate pruned", **eval_kw)
+        model, screen_metrics = adaptive_bn(cfg, model, ds, device, eval_kw)
         teacher = copy.deepcopy(base.model) if cfg.finetune.distill > 0 else None
         stats = fit(model, ds, cfg.finetune, device=device, seed=cfg.seed, teacher=teacher, on_epoch_end=on_epoch_end)
         tuned = evaluate(model, ds, desc="evaluate fine-tuned", **eval_kw)
@@ -149,6 +168,7 @@ def run_trial(
             "baseline/top5": before.top5,
             "pruned/top1": pruned.top1,
             "pruned/top5": pruned.top5,
+            **screen_metrics,
             "finetuned/top5": tuned.top5,
             "top1_drop": before.top1 - tuned.top1,
             **{f"baseline/{k}": v for k, v in baseline_complexity.as_metrics().items()},

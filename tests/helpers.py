@@ -25,6 +25,7 @@ def cheap_real_overrides(shared_data: Path, cache: Path, *, train: int, test: in
         f"data.train_subset={train}",
         f"data.test_subset={test}",
         "data.calibration_size=32",
+        f"screen.bn_images={min(train, 256)}",
         "finetune.epochs=1",
         f"finetune.max_steps={steps}",
         "finetune.batch_size=64",

@@ -276,6 +276,35 @@ def report_order(rows: list[dict], folder: Path) -> tuple[str, list[Path]]:
     return markdown_table(header, lines) + "\n\n" + fidelity_note(rows), [folder / "order.png"]
 
 
+def report_finetune_start(rows: list[dict], folder: Path) -> tuple[str, list[Path]]:
+    starts = {"true": "adaptive-BN statistics", "false": "the old network's statistics"}
+    header = ["plan", "fine-tune starts from", "top-1 pruned %", "top-1 adaptive BN %", "top-1 fine-tuned %"]
+    ordered = sorted(rows, key=lambda r: (_f(r, "param.depth_share") or 0,
+                                          r.get("param.finetune_from_adaptive_bn", "").lower() != "true"))
+    lines = [[SPLITS.get(_f(r, "param.depth_share"), r.get("param.depth_share")),
+              starts.get(r.get("param.finetune_from_adaptive_bn", "").lower(), "?"),
+              _f(r, "pruned/top1"), _f(r, "adaptive_bn/top1"), _f(r, "finetuned/top1")] for r in ordered]
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    plans = list(dict.fromkeys(line[0] for line in lines))
+    for j, (key, label) in enumerate(starts.items()):
+        values = [next((_f(r, "finetuned/top1") for r in rows
+                        if SPLITS.get(_f(r, "param.depth_share")) == plan
+                        and r.get("param.finetune_from_adaptive_bn", "").lower() == key), 0) or 0 for plan in plans]
+        ax.bar([i + (j - 0.5) * 0.38 for i in range(len(plans))], values, width=0.38, label=f"from {label}")
+        for i, v in enumerate(values):
+            ax.text(i + (j - 0.5) * 0.38, v + 0.3, f"{v:.2f}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(plans)), plans)
+    ax.set_ylabel("top-1 after one fine-tune epoch, %")
+    low = min((line[4] for line in lines if line[4] is not None), default=0)
+    ax.set_ylim(max(0, low - 5), 100)
+    ax.legend(fontsize=8)
+    ax.set_title("where fine-tuning starts: L1, 50% of the FLOPs kept", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(folder / "finetune_start.png")
+    return markdown_table(header, lines) + "\n\n" + fidelity_note(rows), [folder / "finetune_start.png"]
+
+
 def front_flags(rows: Sequence[dict], name: str) -> list[bool]:
     """Non-dominated rows (max top-1, min latency), one per architecture."""
     from hybridsweep.search.report import non_dominated
@@ -322,6 +351,7 @@ REPORTS: dict[str, Callable[[list[dict], Path], tuple[str, list[Path]]]] = {
     "block_scores": report_block_scores,
     "order": report_order,
     "pareto_search": report_pareto_search,
+    "finetune_start": report_finetune_start,
 }
 
 

@@ -334,9 +334,27 @@ class Objective:
     fatal: TrackingError | None = None  # set when the MLflow store broke: the search ends with it
 
     def _surplus(self, trial: Trial) -> bool:
+        """Finished trials, and running ones started before this one, already make the study's total (plans
+        being screened or screened out do not count)."""
+        from hybridsweep.search.screen import SCREENED_OUT
+
         others = self.study.get_trials(deepcopy=False, states=LIVE)
-        taken = sum(1 for t in others if t.state != TrialState.RUNNING or t.number < trial.number)
+        taken = sum(1 for t in others if SCREENED_OUT not in t.user_attrs and not t.user_attrs.get("screening")
+                    and (t.state != TrialState.RUNNING or t.number < trial.number))
         return taken >= self.n_trials
+
+    def trial_config(self, trial: Trial):
+        """The sampled plan's config, checked (the plan and its budget group go on the trial)."""
+        from hybridsweep.config import validate
+
+        plan = self.space.suggest(trial)
+        trial.set_user_attr("plan", plan)
+        trial.set_user_attr("budget_group", self.space.budget_group(plan))
+        cfg = compose_trial_config([*self.base_overrides, *self.space.overrides(plan)])
+        cfg.tracking.experiment = self.study.study_name
+        cfg.paths.output_dir = str(self.output_dir / "trials" / f"{trial.number:04d}")
+        validate(cfg)
+        return cfg
 
     def _stop_on(self, exc: TrackingError) -> None:
         """No later trial could log either: end the search, which then reports this one line."""
@@ -344,25 +362,20 @@ class Objective:
         self.study.stop()
 
     def __call__(self, trial: Trial) -> tuple[float, ...]:
-        from hybridsweep.config import validate
         from hybridsweep.pruning.plan import BUDGET_TOLERANCE
         from hybridsweep.tasks import workbench
         from hybridsweep.trial import run_trial
 
         trial.set_user_attr("worker", worker_id())
+        if trial.user_attrs.get("screening"):
+            trial.set_user_attr("screening", False)  # chosen: from now on it is a trial like any other
         if self._surplus(trial):
             self.study.stop()
             trial.set_user_attr("surplus", True)
             raise SurplusTrial(f"the study already has its {self.n_trials} trials; this one is not run")
-        plan = self.space.suggest(trial)
-        group = self.space.budget_group(plan)
-        trial.set_user_attr("plan", plan)
-        trial.set_user_attr("budget_group", group)
-        cfg = compose_trial_config([*self.base_overrides, *self.space.overrides(plan)])
-        cfg.tracking.experiment = self.study.study_name
-        out = self.output_dir / "trials" / f"{trial.number:04d}"
-        cfg.paths.output_dir = str(out)
-        validate(cfg)
+        cfg = self.trial_config(trial)
+        plan, group = trial.user_attrs["plan"], trial.user_attrs["budget_group"]
+        out = Path(cfg.paths.output_dir)
         bench = workbench(cfg)
         run_name = f"trial-{trial.number}-{plan['criterion']}"  # criterion in the name: legends of compared studies
         try:

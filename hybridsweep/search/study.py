@@ -42,6 +42,7 @@ from hybridsweep.search.objective import (
     worker_alive,
 )
 from hybridsweep.search.report import baseline_row, front_rows, objective_names, study_title, write_front
+from hybridsweep.search.screen import SCREENED_OUT, ScreenSettings, counted, optimize_screened
 from hybridsweep.tracking import Tracker, TrackingError, postgres_driver
 
 SAMPLERS = ("nsga2", "tpe", "random", "grid")
@@ -298,8 +299,11 @@ class _AfterTrial:
 
     def progress(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """`trial 3/24 · depth_share 0.55 · 4 blocks, width 0.06 · top-1 86.5% (−0.2) · 6.3 ms (−21%) · on front`"""
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        done = sum(counted(t) for t in study.get_trials(deepcopy=False))
         parts = [f"trial {trial.number} ({done}/{self.n_trials} finished)"]
+        if SCREENED_OUT in trial.user_attrs:
+            print(f"trial {trial.number} screened out · {trial.user_attrs[SCREENED_OUT]}", flush=True)
+            return
         if trial.state != TrialState.COMPLETE:
             reason = trial.user_attrs.get("error") or trial.state.name.lower()
             print(" · ".join([*parts, f"{trial.state.name}: {str(reason)[:160]}"]), flush=True)
@@ -347,7 +351,8 @@ class _AfterTrial:
             print(f"warning: could not check other workers' trials: {_first_line(exc)}", file=sys.stderr)
         if not trial.user_attrs.get("surplus"):
             self.progress(study, trial)
-        self.publish(study)
+        if SCREENED_OUT not in trial.user_attrs:  # the front only changes with a fine-tuned trial
+            self.publish(study)
 
 
 def final_pass(study: optuna.Study, cfg, tracker: Tracker) -> None:
@@ -403,6 +408,7 @@ def check_inputs(cfg) -> None:
     first trial reuses it."""
     import copy
 
+    from hybridsweep.data import calibration_batch
     from hybridsweep.tasks import workbench
     from hybridsweep.train import resolve_device
     from hybridsweep.trial import prune_model
@@ -411,6 +417,8 @@ def check_inputs(cfg) -> None:
     ds = bench.dataset(cfg)
     base = bench.baseline(cfg, ds, resolve_device(cfg.device))
     prune_model(cfg, copy.deepcopy(base.model).cpu(), bench.scores(cfg, ds, base))
+    if cfg.screen.bn_images:
+        calibration_batch(ds, cfg.screen.bn_images, cfg.seed, setting="screen.bn_images")  # raises if too many
 
 
 def run_search(cfg, overrides: Sequence[str] | None = None) -> optuna.Study:
@@ -436,6 +444,7 @@ def run_search(cfg, overrides: Sequence[str] | None = None) -> optuna.Study:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise UserError(f"search.seed={seed} is invalid: an integer or null")
     early_stop = _early_stop(search)
+    screen = ScreenSettings.from_config(search)
     name = str(search.get("study_name") or default_study_name(sampler_name, cfg, space))
     spec = str(search.get("storage") or "sqlite:///optuna.db")
     shown = redact(spec)
@@ -475,18 +484,22 @@ def run_search(cfg, overrides: Sequence[str] | None = None) -> optuna.Study:
 
     out_dir = _output_dir(cfg) / name
     after = _AfterTrial(tracker, out_dir, max_failures, n_trials)
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    done = sum(counted(t) for t in study.get_trials(deepcopy=False))
+    running = sum(not t.user_attrs.get("screening")
+                  for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     remaining = n_trials - done - running
+    screening = f"; each chosen from {screen.candidates} screened plans" if screen.candidates > 1 else ""
     print(f"search: study {name} in {shown}: {done} of {n_trials} trials finished, {running} running elsewhere; "
-          f"running {max(remaining, 0)} here. Space: {space.describe()}")
+          f"running {max(remaining, 0)} here{screening}. Space: {space.describe()}")
 
     objective = Objective(space=space, base_overrides=base, metric_keys=keys, n_trials=n_trials, tracker=tracker,
                           output_dir=out_dir, early_stop=early_stop, study=study)
     status = "FAILED"
     start = time.perf_counter()
     try:
-        if remaining > 0:
+        if remaining > 0 and screen.candidates > 1:
+            optimize_screened(study, objective, screen, n_trials, after, max_failures)
+        elif remaining > 0:
             # A failed trial is replaced (the total counts finished trials); the failure guard ends a run that
             # only fails. Without the guard, this run stops after `remaining` trials, failed or not.
             study.optimize(

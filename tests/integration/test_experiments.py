@@ -15,11 +15,11 @@ from tests.helpers import cheap_real_overrides, compose_config
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml") if not p.stem.startswith("base_"))
-EXPECTED_TRIALS = {"depth_vs_width": 13, "block_scores": 2, "order": 4, "pareto_search": 0}
+EXPECTED_TRIALS = {"depth_vs_width": 13, "block_scores": 2, "order": 4, "pareto_search": 0, "finetune_start": 4}
 
 
-def test_the_four_experiments_exist():
-    assert EXPERIMENTS == ["block_scores", "depth_vs_width", "order", "pareto_search"]
+def test_the_experiments_exist():
+    assert EXPERIMENTS == ["block_scores", "depth_vs_width", "finetune_start", "order", "pareto_search"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -107,7 +107,8 @@ def test_unknown_experiment_lists_them():
     out = subprocess.run([sys.executable, "-m", "hybridsweep", "+experiment=nope"], cwd=REPO, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2
-    assert "experiment=nope is unknown; choose one of: block_scores, depth_vs_width, order, pareto_search" in out.stderr
+    assert ("experiment=nope is unknown; choose one of: block_scores, depth_vs_width, finetune_start, order, "
+            "pareto_search") in out.stderr
 
 
 # --- the committed results -----------------------------------------------------------------------------------

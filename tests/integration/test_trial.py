@@ -59,8 +59,8 @@ def test_trial_logs_a_complete_run_and_reuses_scores(shared_data, test_cache, tm
                 "model", "data", "git_commit"):
         assert key in run.data.params, key
     m = run.data.metrics
-    for key in ("baseline/top1", "pruned/top1", "finetuned/top1", "finetuned/top5", "top1_drop", "params",
-                "macs", "flops", "params_reduction_pct", "flops_reduction_pct", "latency/cpu/median_ms"):
+    for key in ("baseline/top1", "pruned/top1", "adaptive_bn/top1", "finetuned/top1", "finetuned/top5", "top1_drop",
+                "params", "macs", "flops", "params_reduction_pct", "flops_reduction_pct", "latency/cpu/median_ms"):
         assert key in m, key
     assert m["flops"] == 2 * m["macs"] and 0 < m["flops_reduction_pct"] < 100
     assert run.data.tags["latency.source"] == "measured"

@@ -1,0 +1,198 @@
+"""Screening before fine-tuning (`search.screen.candidates=K`): each fine-tuned trial is chosen from K sampled
+plans, each scored in seconds by its adaptive-BN top-1 (`hybridsweep.adaptive_bn`) and its latency.
+
+Only a plan that could join the front is fine-tuned: the first one, in the sampler's order, that no other
+screened plan of its budget group dominates, and that no fine-tuned trial's screen scores dominate. The others
+are told to the study as PRUNED, with their screen scores and the reason as user attributes, so they stay in
+the study the user watches (optuna-dashboard) instead of being hidden. After three batches in a row in which no
+plan could join the front, the next batch fine-tunes its best-scored plan, so a search always progresses.
+
+Why Optuna's ask-and-tell on the study itself rather than a second study for the screen: one study holds every
+plan the sampler proposed, so a resumed search, several workers and the dashboard all see the same history,
+and `search.n_trials` keeps meaning the fine-tuned trials. The sampler learns from the fine-tuned trials'
+objectives; the screened-out plans only tell it where not to look again (TPE reads pruned trials, NSGA-II
+ignores them).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from hybridsweep.errors import UserError
+from hybridsweep.redaction import redact
+from hybridsweep.search.report import non_dominated
+
+SCREENED_OUT = "screened_out"  # user attr: why a plan was not fine-tuned
+ABN, LATENCY = "screen/adaptive_bn_top1", "screen/latency_ms"
+MAX_EMPTY_BATCHES = 3
+
+
+@dataclass(frozen=True)
+class ScreenSettings:
+    candidates: int = 1  # plans sampled per fine-tuned trial; 1: no screening
+    test_images: int = 2000  # class-balanced test images the screen's top-1 is measured on
+    latency: str = "measured"  # measured (the trial's backend, once per architecture) | lut (predicted)
+
+    @classmethod
+    def from_config(cls, search) -> ScreenSettings:
+        value = search.get("screen") or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise UserError(f"search.screen.{unknown[0]} is not a setting; its settings are: "
+                            f"{', '.join(sorted(known))}")
+        settings = cls(**value)
+        candidates = settings.candidates
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+            raise UserError(f"search.screen.candidates={settings.candidates} is invalid: an integer >= 1 "
+                            "(1 fine-tunes every sampled plan; K > 1 fine-tunes one plan in K)")
+        if isinstance(settings.test_images, bool) or not isinstance(settings.test_images, int) \
+                or settings.test_images < 1:
+            raise UserError(f"search.screen.test_images={settings.test_images} is invalid: an integer >= 1")
+        if settings.latency not in ("measured", "lut"):
+            raise UserError(f"search.screen.latency={settings.latency} is unknown; choose measured or lut")
+        return settings
+
+
+def counted(trial: FrozenTrial) -> bool:
+    """Whether a finished trial counts toward `search.n_trials` (a screened-out plan does not)."""
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and SCREENED_OUT not in trial.user_attrs
+
+
+class Screener:
+    """Scores plans: prune as the trial would, re-estimate BatchNorm, top-1 on a test subset, latency."""
+
+    def __init__(self, settings: ScreenSettings, objective):
+        self.settings, self.objective = settings, objective
+        self._test = {}
+
+    def _test_subset(self, ds):
+        """The first `test_images` of a class-balanced order of the test split (a view: no copy of the rest)."""
+        from hybridsweep.data.sources import _stratified_indices
+
+        if ds.fingerprint not in self._test:
+            n = min(self.settings.test_images, len(ds.test_y))
+            index = _stratified_indices(ds.test_y, n, 0)
+            self._test[ds.fingerprint] = dataclasses.replace(ds, test_x=ds.test_x.index_select(0, index),
+                                                             test_y=ds.test_y.index_select(0, index))
+        return self._test[ds.fingerprint]
+
+    def score(self, trial: Trial) -> tuple[float, float]:
+        from hybridsweep.adaptive_bn import recalibrate
+        from hybridsweep.config import to_plain
+        from hybridsweep.metrics.latency.lut import DEFAULT_PROFILE
+        from hybridsweep.search.objective import worker_id
+        from hybridsweep.tasks import workbench
+        from hybridsweep.train import evaluate, resolve_device
+        from hybridsweep.trial import INPUT_SHAPE, prune_model
+
+        trial.set_user_attr("screening", True)  # not yet a trial toward n_trials (see Objective._surplus)
+        trial.set_user_attr("worker", worker_id())  # a killed worker's plans are failed on the next start
+        cfg = self.objective.trial_config(trial)
+        bench = workbench(cfg)
+        device = resolve_device(cfg.device)
+        ds = bench.dataset(cfg)
+        base = bench.baseline(cfg, ds, device)
+        model, _, _ = prune_model(cfg, copy.deepcopy(base.model).cpu(), bench.scores(cfg, ds, base))
+        bn_images = cfg.screen.bn_images or 0
+        if bn_images and not recalibrate(model, ds, bn_images, device=device, seed=cfg.seed):
+            trial.set_user_attr("screen/note", "no BatchNorm: scored by plain accuracy")
+        acc = evaluate(model, self._test_subset(ds), device=device, batch_size=cfg.finetune.eval_batch_size,
+                       desc="screen")
+        model = model.cpu().eval()
+        if self.settings.latency == "lut":
+            settings = {"backend": "lut", "profile": DEFAULT_PROFILE, "batch_size": cfg.latency.get("batch_size", 1)}
+        else:
+            settings = to_plain(cfg.latency)
+        latency, _ = bench.latency(model, settings, INPUT_SHAPE)
+        if latency is None:
+            raise UserError("search.screen.latency=measured: the latency backend gave no figure; use "
+                            "search.screen.latency=lut")
+        trial.set_user_attr(ABN, acc.top1)
+        trial.set_user_attr(LATENCY, latency.median_ms)
+        trial.set_user_attr("screen/latency_source", latency.source)
+        return acc.top1, latency.median_ms
+
+
+def _could_join(points: list[tuple[float, float]], front: list[tuple[float, float]]) -> list[bool]:
+    """Per point (top-1, ms): non-dominated among the batch and the fine-tuned trials' screen scores."""
+    losses = [(-top1, ms) for top1, ms in points + front]
+    return non_dominated(losses)[: len(points)]
+
+
+def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, n_trials: int, after,
+                      max_failures: int) -> None:
+    """The search loop with screening; `after(study, frozen_trial)` runs after each told trial and keeps the
+    failures in a row (`after.failures`)."""
+    screener = Screener(settings, objective)
+    empty = 0
+    while sum(counted(t) for t in study.get_trials(deepcopy=False)) < n_trials and objective.fatal is None:
+        if max_failures and len(after.failures) >= max_failures:
+            break
+        batch = [study.ask() for _ in range(settings.candidates)]
+        asked = list(batch)
+        try:
+            scored = []
+            for trial in batch:
+                try:
+                    scored.append((trial, *screener.score(trial)))
+                except (UserError, KeyboardInterrupt):
+                    raise
+                except Exception as exc:  # one plan that cannot be built must not cost the batch
+                    trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:1000])
+                    asked.remove(trial)
+                    after(study, study.tell(trial, state=TrialState.FAIL))
+            chosen = _choose(study, objective, scored, force=empty >= MAX_EMPTY_BATCHES)
+            empty = 0 if chosen is not None else empty + 1
+            for trial, top1, ms in scored:
+                if chosen is not None and trial is chosen[0]:
+                    continue
+                reason = chosen[1] if chosen is not None else "no plan of its batch could join the front"
+                trial.set_user_attr(SCREENED_OUT, f"adaptive-BN top-1 {top1:.2f}%, {ms:.2f} ms: {reason}")
+                asked.remove(trial)
+                after(study, study.tell(trial, state=TrialState.PRUNED))
+            if chosen is None:
+                continue
+            trial = chosen[0]
+            try:
+                values = objective(trial)
+            except optuna.TrialPruned:
+                asked.remove(trial)
+                after(study, study.tell(trial, state=TrialState.PRUNED))
+                continue
+            except Exception:
+                asked.remove(trial)
+                after(study, study.tell(trial, state=TrialState.FAIL))
+                continue
+            asked.remove(trial)
+            after(study, study.tell(trial, values))
+        finally:  # Ctrl-C, SIGTERM, a UserError: nothing asked is left RUNNING
+            for trial in asked:
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def _choose(study, objective, scored, force: bool):
+    """(trial, reason the others are screened out) for the plan to fine-tune, or None."""
+    if not scored:
+        return None
+    group_of = {trial.number: objective.space.budget_group(objective.space.suggest(trial)) for trial, _, _ in scored}
+    fine_tuned = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if ABN in t.user_attrs and LATENCY in t.user_attrs]
+    for trial, _, _ in scored:  # the sampler's order
+        group = group_of[trial.number]
+        batch = [s for s in scored if group_of[s[0].number] == group]
+        front = [(t.user_attrs[ABN], t.user_attrs[LATENCY]) for t in fine_tuned
+                 if t.user_attrs.get("budget_group") == group]
+        flags = _could_join([(top1, ms) for _, top1, ms in batch], front)
+        if flags[[s[0] for s in batch].index(trial)]:
+            return trial, f"trial {trial.number} was fine-tuned instead (it could join the front)"
+    if force:
+        trial = max(scored, key=lambda s: s[1])[0]
+        return trial, (f"trial {trial.number} was fine-tuned instead (best adaptive-BN top-1 after "
+                       f"{MAX_EMPTY_BATCHES} batches with no plan that could join the front)")
+    return None

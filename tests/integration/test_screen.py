@@ -1,0 +1,58 @@
+"""Screening in a real search (ResNet-20, real CIFAR-10 JPEGs, one fine-tune step): each fine-tuned trial is
+chosen from K screened plans; the others stay in the study as PRUNED trials with their scores and the reason."""
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hybridsweep.errors import UserError
+from hybridsweep.search import run_search
+from hybridsweep.search.screen import ABN, LATENCY, SCREENED_OUT, counted
+from hybridsweep.search.study import open_storage
+from tests.helpers import cheap_real_overrides, compose_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
+
+
+def _args(shared_data, cache, root, *extra):
+    return [
+        *cheap_real_overrides(shared_data, cache, train=256, test=100, steps=1),
+        f"paths.output_dir={root}/out",
+        f"tracking.uri=sqlite:///{root}/mlflow.db",
+        f"search.storage=sqlite:///{root}/optuna.db",
+        "search=random",
+        "search.criteria=[l1]",
+        "search.orders=[layer_first]",
+        "search.budgets=[0.5]",
+        "search.lr=null",
+        *extra,
+    ]
+
+
+def test_a_screened_search_fine_tunes_one_plan_in_k_and_records_the_rest(shared_data, test_cache, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = _args(shared_data, test_cache, tmp_path, "search.n_trials=2", "search.study_name=screened",
+                 "search.screen.candidates=4", "search.screen.test_images=100")
+    run_search(compose_config(*args), args)
+    study = optuna.load_study(study_name="screened", storage=open_storage(f"sqlite:///{tmp_path}/optuna.db"))
+    tuned = [t for t in study.trials if counted(t)]
+    out = [t for t in study.trials if SCREENED_OUT in t.user_attrs]
+    assert len(tuned) == 2 and all(t.state == TrialState.COMPLETE for t in tuned)
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert len(study.trials) % 4 == 0 and len(out) == len(study.trials) - 2  # every batch: one plan in four
+    for t in out:
+        assert t.state == TrialState.PRUNED and t.user_attrs[ABN] >= 0 and t.user_attrs[LATENCY] > 0
+        assert "adaptive-BN top-1" in t.user_attrs[SCREENED_OUT] and "was fine-tuned instead" in t.user_attrs[
+            SCREENED_OUT] or "no plan of its batch" in t.user_attrs[SCREENED_OUT]
+    for t in tuned:
+        assert ABN in t.user_attrs and t.values[0] >= 0
+
+
+def test_too_many_bn_images_is_one_line_before_any_trial(shared_data, test_cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = _args(shared_data, test_cache, tmp_path, "search.n_trials=1", "search.study_name=toomany",
+                 "screen.bn_images=100000")
+    with pytest.raises(UserError, match=r"^screen\.bn_images=100000 is larger than the train split \(256 images\)"):
+        run_search(compose_config(*args), args)
+    assert optuna.get_all_study_summaries(open_storage(f"sqlite:///{tmp_path}/optuna.db")) == []
