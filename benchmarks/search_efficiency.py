@@ -64,6 +64,28 @@ def fidelity(quick: bool, cache: Path, root: Path, device: str) -> list[str]:
     ]
 
 
+def run_studies(base: list[str], runs: dict[str, list[str]]) -> tuple[dict, dict]:
+    """One study per entry of `runs` (its extra overrides), one after the other; the studies and their seconds."""
+    studies, seconds = {}, {}
+    for name, extra in runs.items():
+        overrides = [*base, *extra, f"search.study_name=bench-{name}"]
+        start = time.perf_counter()
+        studies[name] = run_search(compose_trial_config(overrides), overrides)
+        seconds[name] = time.perf_counter() - start
+    return studies, seconds
+
+
+def hypervolumes(studies: dict):
+    """Each study's front rows and hypervolume against one reference point shared by all: the worst feasible
+    top-1 minus 1 point, the worst latency + 5%."""
+    rows = {name: front_rows(study) for name, study in studies.items()}
+    first = next(iter(studies.values()))
+    names, directions = objective_names(first), first.directions
+    every = [r for rs in rows.values() for r in rs if r["feasible"]]
+    reference = [min(r[names[0]] for r in every) - 1.0, max(r[names[1]] for r in every) * 1.05]
+    return rows, names, reference, {name: hypervolume(rs, names, directions, reference) for name, rs in rows.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 trials per sampler (a few minutes on 2 cores)")
@@ -85,18 +107,8 @@ def main() -> None:
             "tpe": ["search=tpe", f"search.n_trials={n}", f"search.n_startup_trials={max(2, n // 2)}"],
             "grid": ["search=grid", "search.n_trials=null", f"search.grid_points={n}"],
         }
-        studies, seconds = {}, {}
-        for name, extra in plans.items():
-            overrides = [*base, *extra, f"search.study_name=bench-{name}"]
-            start = time.perf_counter()
-            studies[name] = run_search(compose_trial_config(overrides), overrides)
-            seconds[name] = time.perf_counter() - start
-        rows = {name: front_rows(study) for name, study in studies.items()}
-        first = studies["grid"]
-        names, directions = objective_names(first), first.directions
-        every = [r for rs in rows.values() for r in rs if r["feasible"]]
-        reference = [min(r[names[0]] for r in every) - 1.0, max(r[names[1]] for r in every) * 1.05]
-        hv = {name: hypervolume(rs, names, directions, reference) for name, rs in rows.items()}
+        studies, seconds = run_studies(base, plans)
+        rows, names, reference, hv = hypervolumes(studies)
 
     print(f"\nspace: depth_share in [0, 1] x order; objectives: {names[0]} (max), {names[1]} (min); "
           f"reference point: {reference[0]:.2f}, {reference[1]:.3f}")
@@ -119,21 +131,11 @@ def screened_against_unscreened(args) -> None:
     with tempfile.TemporaryDirectory(prefix="search-efficiency-") as tmp:
         root = Path(tmp)
         base = [*fidelity(args.quick, cache, root, args.device), "finetune.max_steps=null", "search=nsga2",
-                f"search.n_trials={n}",
-                f"search.population_size={max(2, n // 2)}"]
+                f"search.n_trials={n}", f"search.population_size={max(2, n // 2)}"]
         runs = {"unscreened": ["search.screen.candidates=1"],
                 "screened": [f"search.screen.candidates={args.screen}", "search.screen.test_images=1000"]}
-        studies, seconds = {}, {}
-        for name, extra in runs.items():
-            overrides = [*base, *extra, f"search.study_name=bench-{name}"]
-            start = time.perf_counter()
-            studies[name] = run_search(compose_trial_config(overrides), overrides)
-            seconds[name] = time.perf_counter() - start
-        rows = {name: front_rows(study) for name, study in studies.items()}
-        names, directions = objective_names(studies["unscreened"]), studies["unscreened"].directions
-        every = [r for rs in rows.values() for r in rs if r["feasible"]]
-        reference = [min(r[names[0]] for r in every) - 1.0, max(r[names[1]] for r in every) * 1.05]
-        hv = {name: hypervolume(rs, names, directions, reference) for name, rs in rows.items()}
+        studies, seconds = run_studies(base, runs)
+        _, _, _, hv = hypervolumes(studies)
     per_hour = {name: hv[name] / (seconds[name] / 3600) for name in runs}
     print(f"\nfine-tuned trials per study: {n}; screened: {args.screen} plans per fine-tuned trial; "
           f"load average at end: {load_average(at_start=False)}")

@@ -246,6 +246,27 @@ def report_block_scores(rows: list[dict], folder: Path) -> tuple[str, list[Path]
     return markdown_table(header, lines) + "\n\n" + fidelity_note(rows), [folder / "blocks_per_stage.png"]
 
 
+def bar_chart(groups: Sequence[str], series: dict[str, list[float]], ylabel: str, title: str, path: Path,
+              digits: int) -> None:
+    """Side-by-side bars, one per series in each group, each labelled with its value."""
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    width = 0.76 / len(series)
+    for j, (label, values) in enumerate(series.items()):
+        offsets = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        ax.bar(offsets, values, width=width, label=label)
+        for x, v in zip(offsets, values, strict=True):
+            ax.text(x, v + 0.3, f"{v:.{digits}f}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    low = min((v for values in series.values() for v in values if v), default=0)
+    ax.set_ylim(max(0, low - 8), 100)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def report_order(rows: list[dict], folder: Path) -> tuple[str, list[Path]]:
     name = backend(rows)
     header = ["criterion", "order", "blocks removed (stage 1 / 2 / 3)", "params (k)", "FLOPs kept %",
@@ -255,24 +276,12 @@ def report_order(rows: list[dict], folder: Path) -> tuple[str, list[Path]]:
               " / ".join(map(str, stage_counts(r.get("param.removed_blocks")))),
               _f(r, "params") / 1e3, 100 - (_f(r, "flops_reduction_pct") or 0), _f(r, "pruned/top1"),
               _f(r, "finetuned/top1"), latency_ms(r, name)] for r in ordered]
-    fig = _figure(7, 4.5)
-    ax = fig.add_subplot()
     criteria = sorted({r.get("param.criterion", "") for r in rows})
-    orders = ["layer_first", "channel_first"]
-    for j, order in enumerate(orders):
-        values = [next((_f(r, "finetuned/top1") for r in rows if r.get("param.criterion") == c
-                        and r.get("param.order") == order), 0) or 0 for c in criteria]
-        ax.bar([i + (j - 0.5) * 0.38 for i in range(len(criteria))], values, width=0.38, label=order)
-        for i, v in enumerate(values):
-            ax.text(i + (j - 0.5) * 0.38, v + 0.5, f"{v:.1f}", ha="center", fontsize=8)
-    ax.set_xticks(range(len(criteria)), criteria)
-    ax.set_ylabel("top-1 after fine-tuning, %")
-    low = min((line[6] for line in lines if line[6] is not None), default=0)
-    ax.set_ylim(max(0, low - 10), 100)
-    ax.legend(fontsize=8)
-    ax.set_title("pruning order at the same ratios", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(folder / "order.png")
+    series = {order: [next((_f(r, "finetuned/top1") for r in rows if r.get("param.criterion") == c
+                            and r.get("param.order") == order), 0) or 0 for c in criteria]
+              for order in ("layer_first", "channel_first")}
+    bar_chart(criteria, series, "top-1 after fine-tuning, %", "pruning order at the same ratios",
+              folder / "order.png", digits=1)
     return markdown_table(header, lines) + "\n\n" + fidelity_note(rows), [folder / "order.png"]
 
 
@@ -284,24 +293,13 @@ def report_finetune_start(rows: list[dict], folder: Path) -> tuple[str, list[Pat
     lines = [[SPLITS.get(_f(r, "param.depth_share"), r.get("param.depth_share")),
               starts.get(r.get("param.finetune_from_adaptive_bn", "").lower(), "?"),
               _f(r, "pruned/top1"), _f(r, "adaptive_bn/top1"), _f(r, "finetuned/top1")] for r in ordered]
-    fig = _figure(7, 4.5)
-    ax = fig.add_subplot()
     plans = list(dict.fromkeys(line[0] for line in lines))
-    for j, (key, label) in enumerate(starts.items()):
-        values = [next((_f(r, "finetuned/top1") for r in rows
-                        if SPLITS.get(_f(r, "param.depth_share")) == plan
-                        and r.get("param.finetune_from_adaptive_bn", "").lower() == key), 0) or 0 for plan in plans]
-        ax.bar([i + (j - 0.5) * 0.38 for i in range(len(plans))], values, width=0.38, label=f"from {label}")
-        for i, v in enumerate(values):
-            ax.text(i + (j - 0.5) * 0.38, v + 0.3, f"{v:.2f}", ha="center", fontsize=8)
-    ax.set_xticks(range(len(plans)), plans)
-    ax.set_ylabel("top-1 after one fine-tune epoch, %")
-    low = min((line[4] for line in lines if line[4] is not None), default=0)
-    ax.set_ylim(max(0, low - 5), 100)
-    ax.legend(fontsize=8)
-    ax.set_title("where fine-tuning starts: L1, 50% of the FLOPs kept", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(folder / "finetune_start.png")
+    series = {f"from {label}": [next((_f(r, "finetuned/top1") for r in rows
+                                      if SPLITS.get(_f(r, "param.depth_share")) == plan
+                                      and r.get("param.finetune_from_adaptive_bn", "").lower() == key), 0) or 0
+                                for plan in plans] for key, label in starts.items()}
+    bar_chart(plans, series, "top-1 after one fine-tune epoch, %",
+              "where fine-tuning starts: L1, 50% of the FLOPs kept", folder / "finetune_start.png", digits=2)
     return markdown_table(header, lines) + "\n\n" + fidelity_note(rows), [folder / "finetune_start.png"]
 
 
