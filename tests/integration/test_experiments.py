@@ -15,7 +15,7 @@ from tests.helpers import cheap_real_overrides, compose_config
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml") if not p.stem.startswith("base_"))
-EXPECTED_TRIALS = {"depth_vs_width": 13, "block_scores": 2, "order": 4, "pareto_search": 0, "finetune_start": 4}
+EXPECTED_TRIALS = {"depth_vs_width": 13, "block_scores": 2, "order": 4, "pareto_search": 0, "finetune_start": 2}
 
 
 def test_the_experiments_exist():
