@@ -10,7 +10,7 @@ import posixpath
 import tarfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -105,6 +105,13 @@ def calibration_batch(
     _check_size(n, len(ds.train_y), setting, "train")
     index = _stratified_indices(ds.train_y, n, seed)
     return ds.train_x.index_select(0, index), ds.train_y.index_select(0, index)
+
+
+def with_test_subset(ds: Dataset, n: int, seed: int = 0) -> Dataset:
+    """`ds` with its test split cut to a class-balanced `n` images (the train split shared, not copied)."""
+    _check_size(n, len(ds.test_y), "test subset", "test")
+    index = _stratified_indices(ds.test_y, n, seed)
+    return replace(ds, test_x=ds.test_x.index_select(0, index), test_y=ds.test_y.index_select(0, index))
 
 
 # ---- statistics ------------------------------------------------------------------------------------------------

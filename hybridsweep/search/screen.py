@@ -10,8 +10,7 @@ plan could join the front, the next batch fine-tunes its best-scored plan, so a 
 Why Optuna's ask-and-tell on the study itself rather than a second study for the screen: one study holds every
 plan the sampler proposed, so a resumed search, several workers and the dashboard all see the same history,
 and `search.n_trials` keeps meaning the fine-tuned trials. The sampler learns from the fine-tuned trials'
-objectives; the screened-out plans only tell it where not to look again (TPE reads pruned trials, NSGA-II
-ignores them).
+objectives; a screened-out plan has none.
 """
 
 from __future__ import annotations
@@ -72,14 +71,10 @@ class Screener:
         self._test = {}
 
     def _test_subset(self, ds):
-        """The first `test_images` of a class-balanced order of the test split (a view: no copy of the rest)."""
-        from hybridsweep.data.sources import _stratified_indices
+        from hybridsweep.data.sources import with_test_subset
 
         if ds.fingerprint not in self._test:
-            n = min(self.settings.test_images, len(ds.test_y))
-            index = _stratified_indices(ds.test_y, n, 0)
-            self._test[ds.fingerprint] = dataclasses.replace(ds, test_x=ds.test_x.index_select(0, index),
-                                                             test_y=ds.test_y.index_select(0, index))
+            self._test[ds.fingerprint] = with_test_subset(ds, min(self.settings.test_images, len(ds.test_y)))
         return self._test[ds.fingerprint]
 
     def score(self, trial: Trial) -> tuple[float, float]:
