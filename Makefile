@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install hybridsweep with the dev extra
 
-test: install ## run the test suite (the same command CI runs)
+test: install lint ## lint, then run the test suite (the same command CI runs)
 	$(PY) -m pytest
 
 demo: install ## a short real Optuna search on embedded defaults (SQLite files for MLflow and Optuna, no servers)

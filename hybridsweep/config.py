@@ -236,6 +236,15 @@ def _check_criterion(cfg: DictConfig) -> None:
         raise UserError(f"criterion={name} is unknown; choose one of: {choices}")
 
 
+def output_dir(cfg: DictConfig) -> Path:
+    """`paths.output_dir` (Hydra's run folder by default); `outputs/` when composed without Hydra's runtime (tests,
+    the Compose API), where `${hydra:...}` cannot resolve."""
+    try:
+        return Path(cfg.paths.output_dir)
+    except Exception:
+        return Path("outputs")
+
+
 def to_plain(cfg: DictConfig | ListConfig) -> Any:
     return OmegaConf.to_container(cfg, resolve=True)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from hybridsweep.config import to_plain
+from hybridsweep.config import output_dir, to_plain
 from hybridsweep.train import resolve_device
 from hybridsweep.workbench import Workbench
 
@@ -17,13 +17,6 @@ def workbench(cfg) -> Workbench:
     """One per cache folder and process: a multirun's jobs share decoded data, baseline and scores in memory."""
     root = str(Path(cfg.paths.cache_dir).expanduser())
     return _WORKBENCHES.setdefault(root, Workbench(root))
-
-
-def _output_dir(cfg) -> Path:
-    try:
-        return Path(cfg.paths.output_dir)
-    except Exception:  # composed without Hydra's runtime (tests, Compose API): write under the cwd
-        return Path("outputs")
 
 
 def _backend_settings(cfg) -> dict:
@@ -47,7 +40,7 @@ def evaluate_baseline(cfg: DictConfig) -> dict:
 def prune(cfg: DictConfig) -> dict:
     from hybridsweep.trial import run_trial
 
-    result = run_trial(cfg, workbench(cfg), _output_dir(cfg))
+    result = run_trial(cfg, workbench(cfg), output_dir(cfg))
     m = result.metrics
     latency_key = next((k for k in m if k.startswith("latency/") and k.endswith("/median_ms")), None)
     latency_text = f"{latency_key} {m[latency_key]:.3f}" if latency_key else "latency: none (see tags)"

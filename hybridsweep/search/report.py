@@ -343,6 +343,7 @@ def report_from_config(cfg) -> list[Path]:
     Their front candidates and the baseline are re-measured together first (the baseline and latency settings
     come from the first study's own command line), then the overlaid fronts are written to the run's output
     folder and logged as an MLflow run of their own, tagged with the studies it compares."""
+    from hybridsweep.config import output_dir
     from hybridsweep.redaction import HIDDEN
     from hybridsweep.search.objective import compose_trial_config
     from hybridsweep.search.remeasure import remeasure
@@ -354,10 +355,7 @@ def report_from_config(cfg) -> list[Path]:
     if isinstance(names, str):
         names = [names]
     studies = load_studies(names, str(storage))
-    try:
-        out_dir = Path(cfg.paths.output_dir)
-    except Exception:  # composed without Hydra's runtime
-        out_dir = Path("outputs")
+    out_dir = output_dir(cfg)
     first_command = studies[0].user_attrs.get("base_overrides")
     study_cfg = compose_trial_config(first_command) if first_command else cfg
     if HIDDEN in str(study_cfg.tracking.uri):  # stored with its password hidden: the report's own setting has it

@@ -28,6 +28,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.study import MaxTrialsCallback, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hybridsweep.config import output_dir
 from hybridsweep.errors import UserError
 from hybridsweep.redaction import redact
 from hybridsweep.search.objective import (
@@ -248,13 +249,6 @@ def fail_dead_trials(study: optuna.Study, tracker: Tracker, heartbeat: bool = Fa
         print(f"search: trial(s) {', '.join(map(str, failed))} were left RUNNING by a worker that is gone; "
               "marked FAIL (their MLflow runs KILLED)")
     return failed
-
-
-def _output_dir(cfg) -> Path:
-    try:
-        return Path(cfg.paths.output_dir)
-    except Exception:  # composed without Hydra's runtime (tests, Compose API)
-        return Path("outputs")
 
 
 def _command_line(overrides: Sequence[str] | None) -> list[str]:
@@ -482,7 +476,7 @@ def run_search(cfg, overrides: Sequence[str] | None = None) -> optuna.Study:
         )
         tracker.close_orphans(study)
 
-    out_dir = _output_dir(cfg) / name
+    out_dir = output_dir(cfg) / name
     after = _AfterTrial(tracker, out_dir, max_failures, n_trials)
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     running = sum(not t.user_attrs.get("screening")

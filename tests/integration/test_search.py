@@ -72,16 +72,7 @@ def _split(runs):
 
 
 def _command(args: list[str]) -> list[str]:
-    """`python -m hybridsweep task=search ...` once the task is wired; a small script calling run_search until then."""
-    from hybridsweep.tasks import TASKS
-
-    if "search" in TASKS:
-        return [sys.executable, "-m", "hybridsweep", "task=search", *args]
-    script = (
-        "import sys; from tests.helpers import compose_config; from hybridsweep.search import run_search; "
-        "a = sys.argv[1:]; run_search(compose_config(*a), a)"
-    )
-    return [sys.executable, "-c", script, *args]
+    return [sys.executable, "-m", "hybridsweep", "task=search", *args]
 
 
 def _env() -> dict[str, str]:
