@@ -15,6 +15,7 @@ sampler beat a grid with twice its budget. At this fidelity top-1 on a small tes
 measurement are noisy, so read the ratio as indicative, not exact.
 
     python benchmarks/search_efficiency.py --screen 4 --quick   # screened against unscreened NSGA-II
+    python benchmarks/search_efficiency.py --screen 4 --trials 4 --experiments-fidelity   # ~1-2 h on 2 cores
 
 `--screen K` instead runs two NSGA-II studies with the same number of fine-tuned trials, one fine-tuning every
 sampled plan and one choosing each fine-tuned plan from K screened by adaptive-BN top-1 and latency
@@ -91,6 +92,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 trials per sampler (a few minutes on 2 cores)")
     parser.add_argument("--trials", type=int, default=None, help="trials per sampler (the grid gets twice as many)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--experiments-fidelity", action="store_true",
+                        help="with --screen: the experiments' ResNet-56, all 50k/10k images, one fine-tune epoch")
     parser.add_argument("--screen", type=int, default=None, metavar="K",
                         help="compare screened (K plans per fine-tuned trial) with unscreened NSGA-II")
     args = parser.parse_args()
@@ -132,6 +135,9 @@ def screened_against_unscreened(args) -> None:
         root = Path(tmp)
         base = [*fidelity(args.quick, cache, root, args.device), "finetune.max_steps=null", "search=nsga2",
                 f"search.n_trials={n}", f"search.population_size={max(2, n // 2)}"]
+        if args.experiments_fidelity:  # where a fine-tune costs minutes, as in experiments/ (conf/fidelity/cpu.yaml)
+            base += ["model=resnet56", f"model.weights={DATA}/weights/cifar10_resnet56.pth", "data.train_subset=null",
+                     "data.test_subset=null", "screen.bn_images=2000", "finetune.batch_size=128"]
         runs = {"unscreened": ["search.screen.candidates=1"],
                 "screened": [f"search.screen.candidates={args.screen}", "search.screen.test_images=1000"]}
         studies, seconds = run_studies(base, runs)
