@@ -314,6 +314,13 @@ class EarlyStop:
         return on_epoch_end
 
 
+def stop(study: optuna.Study) -> None:
+    """End Optuna's optimize loop after this trial. The screened loop (`screen.py`) runs outside it and checks
+    its own ends (failures, fatal error, the study's total), so there is nothing to stop there."""
+    with suppress(RuntimeError):  # Optuna: "Study.stop is supposed to be invoked inside an objective function"
+        study.stop()
+
+
 # --- the objective ------------------------------------------------------------------------------------------
 
 
@@ -359,7 +366,7 @@ class Objective:
     def _stop_on(self, exc: TrackingError) -> None:
         """No later trial could log either: end the search, which then reports this one line."""
         self.fatal = exc
-        self.study.stop()
+        stop(self.study)
 
     def __call__(self, trial: Trial) -> tuple[float, ...]:
         from hybridsweep.pruning.plan import BUDGET_TOLERANCE
@@ -370,7 +377,7 @@ class Objective:
         if trial.user_attrs.get("screening"):
             trial.set_user_attr("screening", False)  # chosen: from now on it is a trial like any other
         if self._surplus(trial):
-            self.study.stop()
+            stop(self.study)
             trial.set_user_attr("surplus", True)
             raise SurplusTrial(f"the study already has its {self.n_trials} trials; this one is not run")
         cfg = self.trial_config(trial)

@@ -78,13 +78,12 @@ class Screener:
         return self._test[ds.fingerprint]
 
     def score(self, trial: Trial) -> tuple[float, float]:
-        from hybridsweep.adaptive_bn import recalibrate
         from hybridsweep.config import to_plain
         from hybridsweep.metrics.latency.lut import DEFAULT_PROFILE
         from hybridsweep.search.objective import worker_id
         from hybridsweep.tasks import workbench
         from hybridsweep.train import evaluate, resolve_device
-        from hybridsweep.trial import INPUT_SHAPE, prune_model
+        from hybridsweep.trial import INPUT_SHAPE, adaptive_bn, prune_model
 
         trial.set_user_attr("screening", True)  # not yet a trial toward n_trials (see Objective._surplus)
         trial.set_user_attr("worker", worker_id())  # a killed worker's plans are failed on the next start
@@ -94,11 +93,14 @@ class Screener:
         ds = bench.dataset(cfg)
         base = bench.baseline(cfg, ds, device)
         model, _, _ = prune_model(cfg, copy.deepcopy(base.model).cpu(), bench.scores(cfg, ds, base))
-        bn_images = cfg.screen.bn_images or 0
-        if bn_images and not recalibrate(model, ds, bn_images, device=device, seed=cfg.seed):
-            trial.set_user_attr("screen/note", "no BatchNorm: scored by plain accuracy")
-        acc = evaluate(model, self._test_subset(ds), device=device, batch_size=cfg.finetune.eval_batch_size,
-                       desc="screen")
+        eval_kw = {"device": device, "batch_size": cfg.finetune.eval_batch_size}
+        test = self._test_subset(ds)
+        model, screened = adaptive_bn(cfg, model, test, device, eval_kw)  # the trial's own step, on fewer images
+        if "adaptive_bn/top1" in screened:
+            top1 = screened["adaptive_bn/top1"]
+        else:
+            trial.set_user_attr("screen/note", "no adaptive BN (no BatchNorm, or screen.bn_images=null): plain top-1")
+            top1 = evaluate(model, test, desc="screen", **eval_kw).top1
         model = model.cpu().eval()
         if self.settings.latency == "lut":
             settings = {"backend": "lut", "profile": DEFAULT_PROFILE, "batch_size": cfg.latency.get("batch_size", 1)}
@@ -108,10 +110,10 @@ class Screener:
         if latency is None:
             raise UserError("search.screen.latency=measured: the latency backend gave no figure; use "
                             "search.screen.latency=lut")
-        trial.set_user_attr(ABN, acc.top1)
+        trial.set_user_attr(ABN, top1)
         trial.set_user_attr(LATENCY, latency.median_ms)
         trial.set_user_attr("screen/latency_source", latency.source)
-        return acc.top1, latency.median_ms
+        return top1, latency.median_ms
 
 
 def _could_join(points: list[tuple[float, float]], front: list[tuple[float, float]]) -> list[bool]:

@@ -39,6 +39,7 @@ from hybridsweep.search.objective import (
     compose_trial_config,
     fixed_keys,
     parse_space,
+    stop,
     trial_base_overrides,
     worker_alive,
 )
@@ -335,10 +336,10 @@ class _AfterTrial:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.FAIL and not trial.user_attrs.get("surplus"):
             self.failures.append(trial)
-        elif trial.state in FINISHED:
+        elif trial.state in FINISHED and SCREENED_OUT not in trial.user_attrs:  # a screened-out plan ran nothing
             self.failures.clear()
         if self.max_failures and len(self.failures) >= self.max_failures:
-            study.stop()
+            stop(study)
         try:
             fail_dead_trials(study, self.tracker)  # a killed fellow worker's trial must not hold its place
         except Exception as exc:  # bookkeeping must never cost the study

@@ -49,6 +49,24 @@ def test_a_screened_search_fine_tunes_one_plan_in_k_and_records_the_rest(shared_
         assert ABN in t.user_attrs and t.values[0] >= 0
 
 
+def test_fine_tuned_trials_failing_in_a_row_stop_a_screened_search(shared_data, test_cache, tmp_path, monkeypatch):
+    """Screened-out plans in between do not reset the count of failures in a row."""
+    import hybridsweep.trial
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hybridsweep.trial, "run_trial", broken)
+    args = _args(shared_data, test_cache, tmp_path, "search.n_trials=3", "search.study_name=failing",
+                 "search.screen.candidates=2", "search.screen.test_images=100", "search.max_consecutive_failures=2")
+    with pytest.raises(UserError, match=r"search: 2 trials failed in a row, .* with RuntimeError: out of memory"):
+        run_search(compose_config(*args), args)
+    study = optuna.load_study(study_name="failing", storage=open_storage(f"sqlite:///{tmp_path}/optuna.db"))
+    assert len(study.trials) == 4  # two batches of two, one fine-tune failed in each
+    assert sorted(t.state.name for t in study.trials) == ["FAIL", "FAIL", "PRUNED", "PRUNED"]
+
+
 def test_too_many_bn_images_is_one_line_before_any_trial(shared_data, test_cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = _args(shared_data, test_cache, tmp_path, "search.n_trials=1", "search.study_name=toomany",
