@@ -66,7 +66,7 @@ def latency(cfg: DictConfig) -> dict:
 
 def calibrate(cfg: DictConfig) -> dict:
     """Build a LUT latency profile on the configured measuring backend (e.g. latency=jetson latency.host=...)."""
-    from hybridsweep.metrics.latency.lut import calibrate as calibrate_profile
+    from hybridsweep.calibration import calibrate as calibrate_profile
 
     settings = _backend_settings(cfg)
     num_classes = 10 if cfg.data.name == "cifar10" else 100
