@@ -218,7 +218,7 @@ def report_finetune_start(rows: list[dict], folder: Path) -> tuple[str, list[Pat
 
 def front_flags(rows: Sequence[dict], name: str) -> list[bool]:
     """Non-dominated rows (max top-1, min latency), one per architecture."""
-    from hybridsweep.search.report import non_dominated
+    from hybridsweep.search.front import non_dominated
 
     points = [(-(number(r, "finetuned/top1") or 0), latency_ms(r, name) or float("inf")) for r in rows]
     return non_dominated(points)

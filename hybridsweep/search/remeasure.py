@@ -15,7 +15,7 @@ import sys
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hybridsweep.search.report import BASELINE_ATTR, FINAL_ATTR, losses, non_dominated
+from hybridsweep.search.front import BASELINE_ATTR, FINAL_ATTR, losses, non_dominated
 
 CANDIDATE_LAYERS = 2
 

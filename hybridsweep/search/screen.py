@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from hybridsweep.errors import UserError
 from hybridsweep.redaction import redact
-from hybridsweep.search.report import non_dominated
+from hybridsweep.search.front import non_dominated
 
 SCREENED_OUT = "screened_out"  # user attr: why a plan was not fine-tuned
 ABN, LATENCY = "screen/adaptive_bn_top1", "screen/latency_ms"
