@@ -120,6 +120,9 @@ def hypervolume(rows: Sequence[dict], names: Sequence[str], directions: Sequence
     """Hypervolume of the feasible rows' objective values against `reference` (in objective units; for a
     maximised objective the reference is its lower bound)."""
     import numpy as np
+
+    # Optuna has no public hypervolume function (5.0: only plot_hypervolume_history draws one), and its private
+    # WFG is exact for any number of objectives, which the search allows (accuracy, latency, params, flops).
     from optuna._hypervolume import compute_hypervolume
 
     ref = np.asarray(losses(reference, directions), dtype=float)

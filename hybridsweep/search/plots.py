@@ -11,7 +11,8 @@ the baseline drawn; and a report overlays several studies.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from optuna.study import StudyDirection
@@ -45,11 +46,35 @@ def _x_value(x_name: str | None):
     return lambda r: r[x_name]
 
 
-def _series(rows: Sequence[dict], names: Sequence[str]) -> dict[tuple[str, str], list[dict]]:
-    series: dict[tuple[str, str], list[dict]] = {}
+def _axis_titles(names: Sequence[str], directions: Sequence[StudyDirection]) -> tuple[str, str]:
+    y_name, x_name = _axes(names, directions)
+    direction = dict(zip(names, directions, strict=True))
+    return _label(x_name, direction[x_name]) if x_name else "trial", _label(y_name, direction[y_name])
+
+
+@dataclass(frozen=True)
+class Series:
+    """One study's budget group as both drawings show it: its front in x order, and its other trials."""
+
+    label: str
+    front: list[dict]
+    others: list[dict]
+
+
+def front_series(rows: Sequence[dict], x_of: Callable[[dict], float]) -> list[Series]:
+    """One series per study and budget group, in that order; a label names the study only beside others."""
+    groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
-        series.setdefault((row["study"], row["budget_group"]), []).append(row)
-    return series
+        groups.setdefault((row["study"], row["budget_group"]), []).append(row)
+    several = len({study for study, _ in groups}) > 1
+    return [
+        Series(
+            label=_series_name(study, group, several),
+            front=sorted((r for r in members if r["pareto"]), key=x_of),
+            others=[r for r in members if not r["pareto"]],
+        )
+        for (study, group), members in sorted(groups.items())
+    ]
 
 
 def _series_name(study: str, group: str, several_studies: bool) -> str:
@@ -76,16 +101,11 @@ def plotly_figure(rows: Sequence[dict], names: Sequence[str], directions: Sequen
     import plotly.graph_objects as go
 
     y_name, x_name = _axes(names, directions)
+    x_of = _x_value(x_name)
     fig = go.Figure()
-    series = _series(rows, names)
-    several = len({study for study, _ in series}) > 1
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
-    for i, ((study, group), members) in enumerate(sorted(series.items())):
-        color = palette[i % len(palette)]
-        label = _series_name(study, group, several)
-        x_of = _x_value(x_name)
-        others = [r for r in members if not r["pareto"]]
-        front = sorted((r for r in members if r["pareto"]), key=x_of)
+    for i, series in enumerate(front_series(rows, x_of)):
+        color, label, front, others = palette[i % len(palette)], series.label, series.front, series.others
         fig.add_trace(go.Scatter(
             x=[x_of(r) for r in others], y=[r[y_name] for r in others], mode="markers", name=f"{label}: other trials",
             legendgroup=label, marker={"color": color, "opacity": 0.35, "size": 8,
@@ -99,16 +119,13 @@ def plotly_figure(rows: Sequence[dict], names: Sequence[str], directions: Sequen
         ))
     for base in _distinct_baselines(baselines, x_name):
         fig.add_trace(go.Scatter(
-            x=[_x_value(x_name)(base)], y=[base[y_name]], mode="markers", name="unpruned baseline",
+            x=[x_of(base)], y=[base[y_name]], mode="markers", name="unpruned baseline",
             marker={"color": "black", "size": 16, "symbol": "star"}, hoverinfo="text",
             text=[f"unpruned baseline<br>{y_name}: {base[y_name]:.4g}<br>latency: {base['final_latency_ms']:.4g} ms"],
         ))
-    direction = dict(zip(names, directions, strict=True))
-    fig.update_layout(
-        title=title, template="plotly_white", hovermode="closest",
-        xaxis_title=_label(x_name, direction[x_name]) if x_name else "trial",
-        yaxis_title=_label(y_name, direction[y_name]),
-    )
+    x_title, y_title = _axis_titles(names, directions)
+    fig.update_layout(title=title, template="plotly_white", hovermode="closest", xaxis_title=x_title,
+                      yaxis_title=y_title)
     return fig
 
 
@@ -124,36 +141,31 @@ def _distinct_baselines(baselines: Sequence[dict], x_name: str | None) -> list[d
 
 
 def png_figure(rows: Sequence[dict], names: Sequence[str], directions: Sequence[StudyDirection], title: str,
-         path: Path, baselines: Sequence[dict] = ()) -> None:
+               path: Path, baselines: Sequence[dict] = ()) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     y_name, x_name = _axes(names, directions)
+    x_of = _x_value(x_name)
     fig = Figure(figsize=(8, 5.5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    series = _series(rows, names)
-    several = len({study for study, _ in series}) > 1
-    for i, ((study, group), members) in enumerate(sorted(series.items())):
-        color = f"C{i % 10}"
-        label = _series_name(study, group, several)
-        x_of = _x_value(x_name)
-        others = [r for r in members if not r["pareto"]]
-        front = sorted((r for r in members if r["pareto"]), key=x_of)
-        feasible = [r for r in others if r["feasible"]]
-        infeasible = [r for r in others if not r["feasible"]]
+    for i, series in enumerate(front_series(rows, x_of)):
+        color, front = f"C{i % 10}", series.front
+        feasible = [r for r in series.others if r["feasible"]]
+        infeasible = [r for r in series.others if not r["feasible"]]
         ax.scatter([x_of(r) for r in feasible], [r[y_name] for r in feasible], facecolors="none",
                    edgecolors=color, alpha=0.5)
         ax.scatter([x_of(r) for r in infeasible], [r[y_name] for r in infeasible], marker="x", color=color,
                    alpha=0.5)
         ax.step([x_of(r) for r in front], [r[y_name] for r in front], where="post", color=color, marker="o",
-                label=f"{label} (front: {len(front)} of {len(members)})")
+                label=f"{series.label} (front: {len(front)} of {len(front) + len(series.others)})")
     for base in _distinct_baselines(baselines, x_name):
-        ax.scatter([_x_value(x_name)(base)], [base[y_name]], marker="*", s=220, color="black", zorder=5,
+        ax.scatter([x_of(base)], [base[y_name]], marker="*", s=220, color="black", zorder=5,
                    label=f"unpruned baseline ({base[y_name]:.4g}, {base['final_latency_ms']:.3g} ms)")
-    direction = dict(zip(names, directions, strict=True))
-    ax.set_xlabel(_label(x_name, direction[x_name]) if x_name else "trial")
-    ax.set_ylabel(_label(y_name, direction[y_name]))
+    x_title, y_title = _axis_titles(names, directions)
+    ax.set_xlabel(x_title)
+    ax.set_ylabel(y_title)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if rows:
