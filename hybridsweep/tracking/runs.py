@@ -1,4 +1,5 @@
-"""Runs outside a search: the run one trial logs to, and the parent run a multirun's jobs nest under."""
+"""A trial's run (its own, or the one its search made) ending FINISHED, FAILED or KILLED; the parent run a
+multirun's jobs nest under; and the code version a run records."""
 
 from __future__ import annotations
 
