@@ -25,9 +25,11 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from hybridsweep.calibration import calibrate, plan_key
 from hybridsweep.metrics.complexity import count
 from hybridsweep.metrics.latency import LATENCY_BACKENDS
-from hybridsweep.metrics.latency.lut import DEFAULT_PROFILE, calibrate, load_profile, plan_key
+from hybridsweep.metrics.latency.lut import DEFAULT_PROFILE
+from hybridsweep.metrics.latency.profile import load_profile
 from hybridsweep.models import build_model
 from hybridsweep.pruning.criteria import CRITERIA
 from hybridsweep.pruning.plan import apply_plan, plan_from_ratios

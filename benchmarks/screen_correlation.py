@@ -28,9 +28,9 @@ from hybridsweep.adaptive_bn import recalibrate
 from hybridsweep.experiments.runner import RESULTS_FILE, read_results, variants
 from hybridsweep.metrics.complexity import count
 from hybridsweep.search.objective import compose_trial_config
-from hybridsweep.tasks import workbench
 from hybridsweep.train import evaluate, resolve_device
 from hybridsweep.trial import INPUT_SHAPE, prune_model
+from hybridsweep.workbench import workbench
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("depth_vs_width", "block_scores", "order", "finetune_start")

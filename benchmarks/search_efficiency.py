@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 from hybridsweep.search import run_search
+from hybridsweep.search.front import front_rows, hypervolume, objective_names
 from hybridsweep.search.objective import compose_trial_config
-from hybridsweep.search.report import front_rows, hypervolume, objective_names
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

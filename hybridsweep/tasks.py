@@ -8,15 +8,7 @@ from omegaconf import DictConfig
 
 from hybridsweep.config import output_dir, to_plain
 from hybridsweep.train import resolve_device
-from hybridsweep.workbench import Workbench
-
-_WORKBENCHES: dict[str, Workbench] = {}
-
-
-def workbench(cfg) -> Workbench:
-    """One per cache folder and process: a multirun's jobs share decoded data, baseline and scores in memory."""
-    root = str(Path(cfg.paths.cache_dir).expanduser())
-    return _WORKBENCHES.setdefault(root, Workbench(root))
+from hybridsweep.workbench import workbench
 
 
 def _backend_settings(cfg) -> dict:
@@ -74,7 +66,7 @@ def latency(cfg: DictConfig) -> dict:
 
 def calibrate(cfg: DictConfig) -> dict:
     """Build a LUT latency profile on the configured measuring backend (e.g. latency=jetson latency.host=...)."""
-    from hybridsweep.metrics.latency.lut import calibrate as calibrate_profile
+    from hybridsweep.calibration import calibrate as calibrate_profile
 
     settings = _backend_settings(cfg)
     num_classes = 10 if cfg.data.name == "cifar10" else 100

@@ -103,3 +103,12 @@ class Workbench:
             self._memo[key] = result.as_record()
             self.cache.put("latency", key, self._memo[key])
         return result, {**tags, "latency.arch": arch, "latency.reused": "no"}
+
+
+_WORKBENCHES: dict[str, Workbench] = {}
+
+
+def workbench(cfg) -> Workbench:
+    """One per cache folder and process: a multirun's jobs share decoded data, baseline and scores in memory."""
+    root = str(Path(cfg.paths.cache_dir).expanduser())
+    return _WORKBENCHES.setdefault(root, Workbench(root))

@@ -130,8 +130,8 @@ class ExperimentRunner:
     def run_missing(self) -> int:
         from hybridsweep.config import validate
         from hybridsweep.search.objective import compose_trial_config
-        from hybridsweep.tasks import workbench
         from hybridsweep.trial import run_trial
+        from hybridsweep.workbench import workbench
 
         tracker = self.tracker()
         stale = tracker.close_stale_runs(VARIANT_TAG)
@@ -169,9 +169,9 @@ class ExperimentRunner:
 
     def remeasure_and_collect(self) -> Path:
         from hybridsweep.final_latency import load_run_models, try_measure_final
-        from hybridsweep.tasks import workbench
         from hybridsweep.train import resolve_device
         from hybridsweep.trial import INPUT_SHAPE
+        from hybridsweep.workbench import workbench
 
         tracker = self.tracker()
         runs = tracker.finished_trial_runs()

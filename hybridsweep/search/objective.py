@@ -370,8 +370,8 @@ class Objective:
 
     def __call__(self, trial: Trial) -> tuple[float, ...]:
         from hybridsweep.pruning.plan import BUDGET_TOLERANCE
-        from hybridsweep.tasks import workbench
         from hybridsweep.trial import run_trial
+        from hybridsweep.workbench import workbench
 
         trial.set_user_attr("worker", worker_id())
         if trial.user_attrs.get("screening"):

@@ -15,7 +15,7 @@ import sys
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hybridsweep.search.report import BASELINE_ATTR, FINAL_ATTR, losses, non_dominated
+from hybridsweep.search.front import BASELINE_ATTR, FINAL_ATTR, losses, non_dominated
 
 CANDIDATE_LAYERS = 2
 
@@ -44,10 +44,10 @@ def remeasure(studies: list[optuna.Study], cfg) -> dict | None:
     from hybridsweep.config import to_plain
     from hybridsweep.final_latency import load_run_models, try_measure_final
     from hybridsweep.metrics.complexity import count
-    from hybridsweep.tasks import workbench
     from hybridsweep.tracking import Tracker
     from hybridsweep.train import resolve_device
     from hybridsweep.trial import INPUT_SHAPE
+    from hybridsweep.workbench import workbench
 
     if not cfg.tracking.enabled:
         print("search: tracking is off, so the trials' models cannot be fetched for a final latency pass; "

@@ -1,268 +1,23 @@
 """Pareto fronts as files: a table (CSV), an interactive plotly page (HTML) and a picture (PNG).
 
-A study's front is computed per budget group (a list of budgets gives one front per budget) from its complete,
-feasible trials (every `trial.set_constraint` value <= 0), one trial per architecture. Once the final latency
-pass has run (`remeasure.py`), the front is drawn from its re-measured figures, and the unpruned baseline
-(measured in the same pass) is drawn as the reference point. `report` draws several studies in one plot
-(`task=report`); `hypervolume` scores a front for the search-efficiency benchmark.
-
-The PNG is drawn with matplotlib: plotly's kaleido needs a Chrome download, which fails offline. The HTML loads
-plotly.js from a `plotly.min.js` beside it (written once per folder) instead of inlining 4.6 MB per file.
+`write_front` writes a study's front (the search loop calls it as trials finish); `report` draws several studies
+in one plot (`task=report`). Which trials are on a front is `front.py`'s; how it is drawn, `plots.py`'s. The HTML
+loads plotly.js from a `plotly.min.js` beside it (written once per folder) instead of inlining 4.6 MB per file.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+
+from hybridsweep.search.front import baseline_row, front_rows, objective_names
+from hybridsweep.search.plots import plotly_figure, png_figure
 
 FRONT_FILES = ("front.html", "front.png", "front.csv")
-PLOTLY_JS = "plotly.min.js"
-_PLAN_KEYS = ("budget", "depth_share", "order", "criterion", "finetune_lr")
-FINAL_ATTR = "final_latency"  # study user attr: {trial number: re-measured latency (ms)}
-BASELINE_ATTR = "baseline"  # study user attr: the unpruned model's top1, params, flops, latency_ms
-
-
-def objective_names(study: optuna.Study) -> list[str]:
-    return list(study.metric_names or [f"objective{i}" for i in range(len(study.directions))])
-
-
-def is_feasible(trial: FrozenTrial) -> bool:
-    return all(v <= 0 for v in trial.constraints.values())
-
-
-def losses(values: Sequence[float], directions: Sequence[StudyDirection]) -> tuple[float, ...]:
-    return tuple(-v if d == StudyDirection.MAXIMIZE else v for v, d in zip(values, directions, strict=True))
-
-
-def non_dominated(points: Sequence[Sequence[float]]) -> list[bool]:
-    """For loss vectors (lower is better): True where no other point dominates."""
-    flags = []
-    for i, p in enumerate(points):
-        dominated = any(
-            all(a <= b for a, b in zip(q, p, strict=True)) and any(a < b for a, b in zip(q, p, strict=True))
-            for j, q in enumerate(points)
-            if j != i
-        )
-        flags.append(not dominated)
-    return flags
-
-
-def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per complete trial, with `pareto` set for the trials on their budget group's front. After the
-    final latency pass, the front is taken among the re-measured trials with their final figures; trials of an
-    architecture that another trial of the study already reached with a better first objective never join it."""
-    names = objective_names(study)
-    final = {int(k): v for k, v in (study.user_attrs.get(FINAL_ATTR) or {}).items()}
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    best_of_arch: dict[str, FrozenTrial] = {}
-    for t in trials:
-        arch = t.user_attrs.get("arch")
-        if arch and (arch not in best_of_arch or losses(t.values, study.directions)[0]
-                     < losses(best_of_arch[arch].values, study.directions)[0]):
-            best_of_arch[arch] = t
-
-    def values(t: FrozenTrial) -> list[float]:
-        out = list(t.values)
-        if final and len(out) > 1:
-            out[1] = final[t.number]  # the latency objective comes second
-        return out
-
-    groups: dict[str, list[FrozenTrial]] = {}
-    for t in trials:
-        distinct = best_of_arch.get(t.user_attrs.get("arch"), t) is t
-        if distinct and is_feasible(t) and (not final or t.number in final):
-            groups.setdefault(str(t.user_attrs.get("budget_group", "all")), []).append(t)
-    on_front: set[int] = set()
-    for members in groups.values():
-        flags = non_dominated([losses(values(t), study.directions) for t in members])
-        on_front |= {t.number for t, flag in zip(members, flags, strict=True) if flag}
-    rows = []
-    for t in trials:
-        plan = t.user_attrs.get("plan", {})
-        row: dict[str, Any] = {
-            "study": study.study_name,
-            "trial": t.number,
-            "budget_group": str(t.user_attrs.get("budget_group", "all")),
-            "pareto": t.number in on_front,
-            "feasible": is_feasible(t),
-        }
-        row |= dict(zip(names, t.values, strict=True))
-        row["final_latency_ms"] = final.get(t.number)
-        row |= {key: plan.get(key, t.params.get(key)) for key in _PLAN_KEYS}
-        row |= {
-            "flops_ratio": t.user_attrs.get("flops_ratio"),
-            "blocks_removed": t.user_attrs.get("blocks_removed"),
-            "channel_ratio": t.user_attrs.get("channel_ratio"),
-            "arch": t.user_attrs.get("arch"),
-            "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
-        }
-        rows.append(row)
-    rows.sort(key=lambda r: (r["study"], r["budget_group"], [r[n] for n in names]))
-    return rows
-
-
-def baseline_row(study: optuna.Study) -> dict[str, Any] | None:
-    """The unpruned model as a row of the front's table (after the final pass), or None before it."""
-    base = study.user_attrs.get(BASELINE_ATTR)
-    if not base:
-        return None
-    names = objective_names(study)
-    known = {"finetuned/top1": base["top1"], "params": base["params"], "flops": base["flops"]}
-    row: dict[str, Any] = {"study": study.study_name, "trial": "baseline (unpruned)", "budget_group": "1",
-                           "pareto": False, "feasible": True}
-    row |= {n: (base["latency_ms"] if n.startswith("latency/") else known.get(n)) for n in names}
-    row |= {"final_latency_ms": base["latency_ms"], "flops_ratio": 1.0, "blocks_removed": 0, "channel_ratio": 0.0}
-    return row
-
-
-def _axes(names: Sequence[str], directions: Sequence[StudyDirection]) -> tuple[str, str | None]:
-    """y: the first objective (accuracy by default), x: the second (latency), if any."""
-    return names[0], (names[1] if len(names) > 1 else None)
-
-
-def _label(name: str, direction: StudyDirection | None) -> str:
-    if name.startswith("latency/"):
-        backend = name.split("/")[1]
-        text = f"latency on {backend}, batch 1, ms (final pass where re-measured)"
-    else:
-        names = {"finetuned/top1": "top-1 after fine-tuning, %", "params": "parameters", "flops": "FLOPs"}
-        text = names.get(name, name)
-    if direction is None:
-        return text
-    return f"{text} ({'higher' if direction == StudyDirection.MAXIMIZE else 'lower'} is better)"
-
-
-def _x_value(x_name: str | None):
-    """Where a row is drawn on x: its final re-measured latency when it has one."""
-    if x_name is None:
-        return lambda r: r["trial"]
-    if x_name.startswith("latency/"):
-        return lambda r: r["final_latency_ms"] if r.get("final_latency_ms") is not None else r[x_name]
-    return lambda r: r[x_name]
-
-
-def _series(rows: Sequence[dict], names: Sequence[str]) -> dict[tuple[str, str], list[dict]]:
-    series: dict[tuple[str, str], list[dict]] = {}
-    for row in rows:
-        series.setdefault((row["study"], row["budget_group"]), []).append(row)
-    return series
-
-
-def _series_name(study: str, group: str, several_studies: bool) -> str:
-    budget = "" if group == "all" else f"budget {group}"
-    if several_studies:
-        return f"{study} {budget}".strip()
-    return budget or study
-
-
-def _hover(row: dict, names: Sequence[str]) -> str:
-    parts = [f"{row['study']} trial {row['trial']}"]
-    parts += [f"{n}: {row[n]:.4g}" for n in names]
-    parts += [f"{k}: {row[k]:.4g}" if isinstance(row[k], float) else f"{k}: {row[k]}" for k in _PLAN_KEYS
-              if row.get(k) is not None]
-    if row.get("flops_ratio") is not None:
-        parts.append(f"FLOPs kept: {row['flops_ratio']:.3f}")
-    if not row["feasible"]:
-        parts.append("infeasible (over the FLOP budget)")
-    return "<br>".join(parts)
-
-
-def plotly_figure(rows: Sequence[dict], names: Sequence[str], directions: Sequence[StudyDirection], title: str,
-                  baselines: Sequence[dict] = ()):
-    import plotly.graph_objects as go
-
-    y_name, x_name = _axes(names, directions)
-    fig = go.Figure()
-    series = _series(rows, names)
-    several = len({study for study, _ in series}) > 1
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
-    for i, ((study, group), members) in enumerate(sorted(series.items())):
-        color = palette[i % len(palette)]
-        label = _series_name(study, group, several)
-        x_of = _x_value(x_name)
-        others = [r for r in members if not r["pareto"]]
-        front = sorted((r for r in members if r["pareto"]), key=x_of)
-        fig.add_trace(go.Scatter(
-            x=[x_of(r) for r in others], y=[r[y_name] for r in others], mode="markers", name=f"{label}: other trials",
-            legendgroup=label, marker={"color": color, "opacity": 0.35, "size": 8,
-                                       "symbol": ["circle-open" if r["feasible"] else "x" for r in others]},
-            text=[_hover(r, names) for r in others], hoverinfo="text",
-        ))
-        fig.add_trace(go.Scatter(
-            x=[x_of(r) for r in front], y=[r[y_name] for r in front], mode="lines+markers",
-            name=f"{label}: Pareto front", legendgroup=label, line={"color": color, "shape": "hv"},
-            marker={"color": color, "size": 10}, text=[_hover(r, names) for r in front], hoverinfo="text",
-        ))
-    for base in _distinct_baselines(baselines, x_name):
-        fig.add_trace(go.Scatter(
-            x=[_x_value(x_name)(base)], y=[base[y_name]], mode="markers", name="unpruned baseline",
-            marker={"color": "black", "size": 16, "symbol": "star"}, hoverinfo="text",
-            text=[f"unpruned baseline<br>{y_name}: {base[y_name]:.4g}<br>latency: {base['final_latency_ms']:.4g} ms"],
-        ))
-    direction = dict(zip(names, directions, strict=True))
-    fig.update_layout(
-        title=title, template="plotly_white", hovermode="closest",
-        xaxis_title=_label(x_name, direction[x_name]) if x_name else "trial",
-        yaxis_title=_label(y_name, direction[y_name]),
-    )
-    return fig
-
-
-def _distinct_baselines(baselines: Sequence[dict], x_name: str | None) -> list[dict]:
-    """One star per distinct baseline figure (studies re-measured in one pass share theirs)."""
-    seen, out = set(), []
-    for base in baselines:
-        key = (base.get("final_latency_ms"), base.get("finetuned/top1"))
-        if x_name is not None and key not in seen:
-            seen.add(key)
-            out.append(base)
-    return out
-
-
-def _png(rows: Sequence[dict], names: Sequence[str], directions: Sequence[StudyDirection], title: str,
-         path: Path, baselines: Sequence[dict] = ()) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    y_name, x_name = _axes(names, directions)
-    fig = Figure(figsize=(8, 5.5), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    series = _series(rows, names)
-    several = len({study for study, _ in series}) > 1
-    for i, ((study, group), members) in enumerate(sorted(series.items())):
-        color = f"C{i % 10}"
-        label = _series_name(study, group, several)
-        x_of = _x_value(x_name)
-        others = [r for r in members if not r["pareto"]]
-        front = sorted((r for r in members if r["pareto"]), key=x_of)
-        feasible = [r for r in others if r["feasible"]]
-        infeasible = [r for r in others if not r["feasible"]]
-        ax.scatter([x_of(r) for r in feasible], [r[y_name] for r in feasible], facecolors="none",
-                   edgecolors=color, alpha=0.5)
-        ax.scatter([x_of(r) for r in infeasible], [r[y_name] for r in infeasible], marker="x", color=color,
-                   alpha=0.5)
-        ax.step([x_of(r) for r in front], [r[y_name] for r in front], where="post", color=color, marker="o",
-                label=f"{label} (front: {len(front)} of {len(members)})")
-    for base in _distinct_baselines(baselines, x_name):
-        ax.scatter([_x_value(x_name)(base)], [base[y_name]], marker="*", s=220, color="black", zorder=5,
-                   label=f"unpruned baseline ({base[y_name]:.4g}, {base['final_latency_ms']:.3g} ms)")
-    direction = dict(zip(names, directions, strict=True))
-    ax.set_xlabel(_label(x_name, direction[x_name]) if x_name else "trial")
-    ax.set_ylabel(_label(y_name, direction[y_name]))
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    if rows:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
 
 
 def write_csv(rows: Sequence[dict], path: Path) -> Path:
@@ -285,7 +40,7 @@ def write_front(rows: Sequence[dict], names: Sequence[str], directions: Sequence
     # "directory" writes plotly.min.js once per folder and points the page at it
     plotly_figure(rows, names, directions, title, baselines).write_html(html, include_plotlyjs="directory",
                                                                         full_html=True)
-    _png(rows, names, directions, title, png, baselines)
+    png_figure(rows, names, directions, title, png, baselines)
     write_csv([*baselines, *rows], table)
     return [html, png, table]
 
@@ -293,13 +48,6 @@ def write_front(rows: Sequence[dict], names: Sequence[str], directions: Sequence
 def study_title(study: optuna.Study, rows: Sequence[dict]) -> str:
     fronts = sum(r["pareto"] for r in rows)
     return f"{study.study_name}: {len(rows)} complete trials, {fronts} on the Pareto front"
-
-
-def write_study_front(study: optuna.Study, out_dir: Path) -> list[Path]:
-    rows = front_rows(study)
-    base = baseline_row(study)
-    return write_front(rows, objective_names(study), study.directions, out_dir, study_title(study, rows),
-                       [base] if base else [])
 
 
 def load_studies(study_names: Iterable[str] | None, storage) -> list[optuna.Study]:
@@ -365,18 +113,3 @@ def report_from_config(cfg) -> list[Path]:
     run_id = Tracker.from_config(study_cfg.tracking).log_report([s.study_name for s in studies], paths)
     print("report: " + "  ".join(str(p) for p in paths) + (f"\n  MLflow run {run_id}" if run_id else ""))
     return paths
-
-
-def hypervolume(rows: Sequence[dict], names: Sequence[str], directions: Sequence[StudyDirection],
-                reference: Sequence[float]) -> float:
-    """Hypervolume of the feasible rows' objective values against `reference` (in objective units; for a
-    maximised objective the reference is its lower bound)."""
-    import numpy as np
-    from optuna._hypervolume import compute_hypervolume
-
-    ref = np.asarray(losses(reference, directions), dtype=float)
-    points = [losses([r[n] for n in names], directions) for r in rows if r["feasible"]]
-    points = [p for p in points if all(a < b for a, b in zip(p, ref, strict=True)) and all(map(math.isfinite, p))]
-    if not points:
-        return 0.0
-    return float(compute_hypervolume(np.asarray(points, dtype=float), ref))

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from hybridsweep.errors import UserError
 from hybridsweep.redaction import redact
-from hybridsweep.search.report import non_dominated
+from hybridsweep.search.front import non_dominated
 
 SCREENED_OUT = "screened_out"  # user attr: why a plan was not fine-tuned
 ABN, LATENCY = "screen/adaptive_bn_top1", "screen/latency_ms"
@@ -81,9 +81,9 @@ class Screener:
         from hybridsweep.config import to_plain
         from hybridsweep.metrics.latency.lut import DEFAULT_PROFILE
         from hybridsweep.search.objective import worker_id
-        from hybridsweep.tasks import workbench
         from hybridsweep.train import evaluate, resolve_device
         from hybridsweep.trial import INPUT_SHAPE, adaptive_bn, prune_model
+        from hybridsweep.workbench import workbench
 
         trial.set_user_attr("screening", True)  # not yet a trial toward n_trials (see Objective._surplus)
         trial.set_user_attr("worker", worker_id())  # a killed worker's plans are failed on the next start

@@ -404,9 +404,9 @@ def check_inputs(cfg) -> None:
     import copy
 
     from hybridsweep.data import calibration_batch
-    from hybridsweep.tasks import workbench
     from hybridsweep.train import resolve_device
     from hybridsweep.trial import prune_model
+    from hybridsweep.workbench import workbench
 
     bench = workbench(cfg)
     ds = bench.dataset(cfg)

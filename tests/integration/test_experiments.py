@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from hybridsweep.config import validate
-from hybridsweep.experiments.report import BEGIN, END, HEADLINE_BEGIN, HEADLINE_END, REPORTS, write_report
+from hybridsweep.experiments.kinds import REPORTS
+from hybridsweep.experiments.report import BEGIN, END, HEADLINE_BEGIN, HEADLINE_END, write_report
 from hybridsweep.experiments.runner import RESULTS_FILE, check_inputs, expected_trials, read_results, variants
 from tests.helpers import cheap_real_overrides, compose_config
 

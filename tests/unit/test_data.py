@@ -19,6 +19,7 @@ from hybridsweep.data import (
     CIFAR_STATS,
     Dataset,
     calibration_batch,
+    decoding,
     eval_batches,
     load_dataset,
     sources,
@@ -77,7 +78,7 @@ def test_second_load_reads_the_cache(cifar10, shared_data, test_cache, monkeypat
     def no_decoding(*args):
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(sources, "_decode_images", no_decoding)  # the proof: no image is decoded again
+    monkeypatch.setattr(decoding, "_decode_images", no_decoding)  # the proof: no image is decoded again
     again = _load(shared_data / "cifar10-jpg.tar.gz", test_cache)
     assert torch.equal(again.train_x, cifar10.train_x) and torch.equal(again.test_y, cifar10.test_y)
     assert again.fingerprint == cifar10.fingerprint
@@ -273,9 +274,9 @@ def test_images_of_another_size_are_resized_with_a_warning(tmp_path):
 
 def _load_in_child(root: str, cache_root: str, barrier, results) -> None:
     """Run in a child process: a slow decode makes the two processes overlap on the same cache entry."""
-    decode = sources._decode_images
+    decode = decoding._decode_images
     decoded = []
-    sources._decode_images = lambda *args: (time.sleep(1), decoded.append(1), decode(*args))[2]
+    decoding._decode_images = lambda *args: (time.sleep(1), decoded.append(1), decode(*args))[2]
     barrier.wait()
     ds = _load(root, cache_root, stats="auto")
     results.put((ds.fingerprint, ds.train_x.sum().item(), len(decoded)))
@@ -330,7 +331,7 @@ def test_cifar100_copy_is_read_once_and_cached(tmp_path, monkeypatch):
     def no_unpickling(*args):
         raise AssertionError("unpickled again instead of reading the cache")
 
-    monkeypatch.setattr(sources, "_read_torchvision", no_unpickling)
+    monkeypatch.setattr(decoding, "_read_torchvision", no_unpickling)
     again = _load(tmp_path / "copy", tmp_path / "cache", name="cifar100", stats="cifar100", download=False)
     assert torch.equal(again.test_x, ds.test_x) and again.fingerprint == ds.fingerprint
 

@@ -10,19 +10,13 @@ from dataclasses import replace
 import pytest
 import torch
 
+from hybridsweep.calibration import calibrate
 from hybridsweep.errors import DeviceUnavailable, UserError
 from hybridsweep.metrics.complexity import count
 from hybridsweep.metrics.latency import LATENCY_BACKENDS, measure_latency
 from hybridsweep.metrics.latency.fallback import measure_or_fallback
-from hybridsweep.metrics.latency.lut import (
-    DEFAULT_PROFILE,
-    FORMAT,
-    Profile,
-    calibrate,
-    load_profile,
-    model_shapes,
-    profile_path,
-)
+from hybridsweep.metrics.latency.lut import DEFAULT_PROFILE
+from hybridsweep.metrics.latency.profile import FORMAT, Profile, load_profile, model_shapes, profile_path
 from hybridsweep.models import build_model
 from hybridsweep.pruning.criteria import CRITERIA
 from hybridsweep.pruning.plan import apply_plan, plan_from_ratios

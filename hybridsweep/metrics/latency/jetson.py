@@ -4,9 +4,7 @@ Our package cannot run on the TX2 (JetPack 4.6: Python 3.6, TensorRT 8.2), so th
 trtexec. The ONNX file is copied over SFTP, trtexec builds and times an engine, and its performance summary is
 parsed; the device's model, L4T release, power mode and TensorRT version go into the facts.
 
-Safety: host keys are checked against a known_hosts file and an unknown host is refused (never added);
-only keys authenticate (no password or keyboard-interactive prompt can stall a sweep); the remote command is
-an argv list quoted with shlex.join, so no setting is ever spliced into a shell string.
+The connection (known_hosts checked, keys only, argv quoted, never a shell string) is `ssh.RemoteHost`.
 
 Results are cached by ONNX content + trtexec flags + host, and a per-host lock file keeps measurements on
 one device one at a time from this machine: two engines timed at once would slow each other down.
@@ -17,25 +15,23 @@ configuration mistakes (known_hosts, host key, key file, refused key, trtexec no
 settings) raise a plain UserError, which ends the run even with a fallback.
 """
 
-import getpass
 import posixpath
 import re
 import shlex
 import tempfile
-import time
-from contextlib import closing, suppress
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import paramiko
 import torch
-from paramiko.auth_strategy import AuthStrategy, InMemoryPrivateKey
 from torch import nn
 
 from hybridsweep.cache import Cache, digest, file_digest, file_lock
 from hybridsweep.errors import DeviceUnavailable, UserError
 from hybridsweep.export import export_onnx
 from hybridsweep.metrics.latency.result import BackendSettings, LatencyResult, batch_shape, invalid
+from hybridsweep.metrics.latency.ssh import CommandTimeout, RemoteHost, ssh_target
 from hybridsweep.metrics.latency.trtexec import (
     TrtexecOutputError,
     check_trtexec_settings,
@@ -45,7 +41,6 @@ from hybridsweep.metrics.latency.trtexec import (
 )
 
 NAMESPACE = "latency-jetson"
-DEFAULT_KEYS = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 # What each fact is read from on the device; any of them may be missing (not a Jetson, no dpkg, no nvpmodel).
 FACT_COMMANDS = {
     "l4t": ["cat", "/etc/nv_tegra_release"],
@@ -53,33 +48,6 @@ FACT_COMMANDS = {
     "power_mode": ["nvpmodel", "-q"],
     "tensorrt": ["dpkg-query", "-W", "-f=${Version}", "tensorrt"],
 }
-
-
-class RejectUnknownHost(paramiko.RejectPolicy):
-    """Refuse a host missing from known_hosts, with a message that says how to verify and add it."""
-
-    def __init__(self, known_hosts: Path):
-        self.known_hosts = known_hosts
-
-    def missing_host_key(self, client, hostname, key):
-        raise UserError(
-            f"latency.known_hosts: {hostname} is not in {self.known_hosts} (its {key.get_name()} key has "
-            f"fingerprint {key.fingerprint}); check that fingerprint on the device (ssh-keygen -lf "
-            f"/etc/ssh/ssh_host_*_key.pub), then add the host, e.g. with ssh-keyscan, to {self.known_hosts}"
-        )
-
-
-class KeysOnly(AuthStrategy):
-    """Offer the given private keys and nothing else."""
-
-    def __init__(self, username: str, keys: list[paramiko.PKey]):
-        super().__init__(ssh_config=None)
-        self.username = username
-        self.keys = keys
-
-    def get_sources(self):
-        for key in self.keys:
-            yield InMemoryPrivateKey(self.username, key)
 
 
 @dataclass(frozen=True)
@@ -116,7 +84,7 @@ class JetsonLatency(BackendSettings):
 
     @property
     def target(self) -> str:
-        return f"{self.user or getpass.getuser()}@{self.host}:{self.port}"
+        return ssh_target(self.user, self.host, self.port)
 
     def measure(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> LatencyResult:
         """Served from the cache when this model was measured with these flags on this host before."""
@@ -155,10 +123,10 @@ class JetsonLatency(BackendSettings):
         return LatencyResult(**record)
 
     def _run_trtexec(self, onnx_path: Path, remote_onnx: str, argv: list[str], opset: int) -> LatencyResult:
-        with closing(self._connect()) as client:
+        with closing(self._connect()) as device:
             try:
-                status, output = self._copy_and_run(client, onnx_path, remote_onnx, argv)
-                facts = self._device_facts(client) if status == 0 else {}
+                status, output = self._copy_and_run(device, onnx_path, remote_onnx, argv)
+                facts = self._device_facts(device) if status == 0 else {}
             except PermissionError as exc:  # SFTP refused the write: remote_dir belongs to someone else
                 raise UserError(
                     f"latency.remote_dir: cannot write {remote_onnx} on {self.target} ({exc}); set "
@@ -203,149 +171,42 @@ class JetsonLatency(BackendSettings):
             facts=facts,
         )
 
-    def _copy_and_run(
-        self, client: paramiko.SSHClient, onnx_path: Path, remote_onnx: str, argv: list[str]
-    ) -> tuple[int, str]:
-        status, output = self._run(client, ["mkdir", "-p", self.remote_dir], "connect_timeout_s")
+    def _connect(self) -> RemoteHost:
+        return RemoteHost.connect(
+            self.host,
+            port=self.port,
+            user=self.user,
+            key_file=self.key_file,
+            known_hosts=self.known_hosts,
+            timeout_s=self.connect_timeout_s,
+        )
+
+    def _copy_and_run(self, device: RemoteHost, onnx_path: Path, remote_onnx: str, argv: list[str]) -> tuple[int, str]:
+        status, output = self._run(device, ["mkdir", "-p", self.remote_dir], "connect_timeout_s")
         if status != 0:
             raise UserError(
                 f"latency.remote_dir: cannot create {self.remote_dir} on {self.target}: {describe_output(output)}"
             )
-        with closing(client.open_sftp()) as sftp:
-            sftp.put(str(onnx_path), remote_onnx)
-            try:
-                return self._run(client, argv, "timeout_s", pty=True)
-            finally:
-                with suppress(OSError, paramiko.SSHException):
-                    sftp.remove(remote_onnx)
+        with device.uploaded(onnx_path, remote_onnx):
+            return self._run(device, argv, "timeout_s", pty=True)
 
-    def _private_keys(self) -> list[paramiko.PKey]:
-        if self.key_file:
-            path = Path(self.key_file).expanduser()
-            if not path.is_file():
-                raise UserError(
-                    f"latency.key_file: {path} does not exist; point it at the private key whose public "
-                    "half is in ~/.ssh/authorized_keys on the device"
-                )
-            try:
-                return [paramiko.PKey.from_path(path)]
-            except paramiko.PasswordRequiredException:
-                raise UserError(
-                    f"latency.key_file: {path} is encrypted; add it to ssh-agent (ssh-add {path}) and leave "
-                    "latency.key_file unset"
-                ) from None
-            except (paramiko.SSHException, ValueError, OSError) as exc:
-                raise UserError(f"latency.key_file: cannot read {path} as a private key ({exc})") from None
-        keys = list(paramiko.Agent().get_keys())
-        for name in DEFAULT_KEYS:
-            path = Path(name).expanduser()
-            if path.is_file():
-                try:
-                    keys.append(paramiko.PKey.from_path(path))
-                except paramiko.PasswordRequiredException:
-                    continue  # an encrypted key can still be offered through the agent
-        if not keys:
-            raise UserError(
-                "latency.key_file: not set, and there is no ssh-agent key nor ~/.ssh/id_ed25519, id_ecdsa "
-                "or id_rsa; create a key (ssh-keygen -t ed25519), install it on the device (ssh-copy-id), "
-                "or set latency.key_file"
-            )
-        return keys
-
-    def _connect(self) -> paramiko.SSHClient:
-        known_hosts = Path(self.known_hosts).expanduser()
-        if not known_hosts.is_file():
-            raise UserError(
-                f"latency.known_hosts: {known_hosts} does not exist; create it with the device's host key "
-                "(verify the fingerprint on the device) or point latency.known_hosts at your known_hosts file"
-            )
-        keys = self._private_keys()
-        client = paramiko.SSHClient()
-        client.load_host_keys(str(known_hosts))
-        client.set_missing_host_key_policy(RejectUnknownHost(known_hosts))
-        user = self.user or getpass.getuser()
-        try:
-            client.connect(
-                self.host,
-                port=self.port,
-                username=user,
-                timeout=self.connect_timeout_s,
-                banner_timeout=self.connect_timeout_s,
-                auth_timeout=self.connect_timeout_s,
-                auth_strategy=KeysOnly(user, keys),
-            )
-        except BaseException as exc:
-            client.close()
-            if isinstance(exc, UserError | KeyboardInterrupt):
-                raise
-            raise self._connect_error(exc, known_hosts) from exc
-        return client
-
-    def _connect_error(self, exc: BaseException, known_hosts: Path) -> BaseException:
-        if isinstance(exc, paramiko.BadHostKeyException):
-            return UserError(
-                f"latency.known_hosts: {self.target} presented a host key ({exc.key.fingerprint}) that "
-                f"differs from the one in {known_hosts}; if the device was reinstalled, verify the new key "
-                "on it and replace the entry, otherwise this may not be your device"
-            )
-        if isinstance(exc, paramiko.AuthenticationException):
-            return UserError(
-                f"latency.key_file: {self.target} refused the key(s); add the public key to "
-                "~/.ssh/authorized_keys on the device, or set latency.user and latency.key_file"
-            )
-        if isinstance(exc, TimeoutError):
-            return DeviceUnavailable(
-                f"latency.host: no answer from {self.target} within latency.connect_timeout_s="
-                f"{self.connect_timeout_s:g} s; check latency.host, latency.port and that the device is on"
-            )
-        if isinstance(exc, OSError):
-            return DeviceUnavailable(
-                f"latency.host: cannot reach {self.target} ({exc}); check latency.host and latency.port, "
-                "and that the device is on and runs sshd"
-            )
-        if isinstance(exc, paramiko.SSHException):
-            return UserError(f"latency.host: SSH to {self.target} failed ({exc}); check latency.host and latency.port")
-        return exc
-
-    def _run(self, client: paramiko.SSHClient, argv: list[str], setting: str, pty: bool = False) -> tuple[int, str]:
-        """Exit status and combined output of `argv` on the device, within the `latency.<setting>` seconds.
-
-        With a pty, closing the channel on a timeout hangs up the remote command instead of leaving it on.
-        """
+    def _run(self, device: RemoteHost, argv: list[str], setting: str, pty: bool = False) -> tuple[int, str]:
+        """Exit status and combined output of `argv` on the device, within the `latency.<setting>` seconds."""
         timeout_s = getattr(self, setting)
-        deadline = time.monotonic() + timeout_s
-        with closing(client.get_transport().open_session(timeout=timeout_s)) as channel:
-            if pty:
-                channel.get_pty(width=240)
-            channel.set_combine_stderr(True)
-            channel.exec_command(shlex.join(argv))
-            chunks = []
-            try:
-                while data := self._recv(channel, deadline):
-                    chunks.append(data)
-                if not channel.status_event.wait(max(deadline - time.monotonic(), 1.0)):
-                    raise TimeoutError
-            except TimeoutError:
-                raise DeviceUnavailable(
-                    f"latency.{setting}: {argv[0]} did not finish on {self.target} within {timeout_s:g} s; "
-                    f"raise latency.{setting} or check the device"
-                ) from None
-            return channel.recv_exit_status(), b"".join(chunks).decode("utf-8", "replace")
+        try:
+            return device.run(argv, timeout_s, pty=pty)
+        except CommandTimeout:
+            raise DeviceUnavailable(
+                f"latency.{setting}: {argv[0]} did not finish on {self.target} within {timeout_s:g} s; "
+                f"raise latency.{setting} or check the device"
+            ) from None
 
-    @staticmethod
-    def _recv(channel: paramiko.Channel, deadline: float) -> bytes:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        channel.settimeout(remaining)
-        return channel.recv(1 << 16)
-
-    def _device_facts(self, client: paramiko.SSHClient) -> dict[str, str]:
+    def _device_facts(self, device: RemoteHost) -> dict[str, str]:
         """What makes a Jetson number reproducible; each fact is optional (a missing one is left out)."""
         facts = {}
         for fact, argv in FACT_COMMANDS.items():
             try:
-                status, output = self._run(client, argv, "connect_timeout_s")
+                status, output = self._run(device, argv, "connect_timeout_s")
             except (UserError, paramiko.SSHException, OSError):
                 continue
             if status == 0 and (value := _read_fact(fact, output)):

@@ -1,102 +1,17 @@
-"""The only module that imports MLflow. A `Tracker` owns one MlflowClient for one store and experiment: it opens
-runs and hands them out as `RunLogger` handles (passed explicitly, never through MLFLOW_RUN_ID), and keeps a
-search's side of MLflow (the study's parent run, one nested run per trial, orphans closed, the front tagged).
-
-- The store is created and migrated under a lock beside a SQLite file, so N workers started together all work.
-- A store that cannot be written raises `TrackingError`: one line naming `tracking.uri`, no SQL dump.
-- A trial's run ends FINISHED when the trial returns, FAILED when it raises, KILLED on Ctrl-C or SIGTERM.
-- Everything a run stores (params, tags, the config artefact) goes through `redaction.redact` first.
+"""A `Tracker` owns one MlflowClient for one store and experiment: it opens runs and hands them out as
+`RunLogger` handles, and keeps a search's side of MLflow (the study's parent run, one nested run per trial,
+orphans closed, the front tagged).
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
-
-from hybridsweep.errors import UserError
 from hybridsweep.redaction import redact, redact_tree
-
-PARENT_FILE = "mlflow_parent_run_id"  # in a multirun's sweep folder: the parent run every job nests under
-
-
-class TrackingError(UserError):
-    """The MLflow store cannot be opened or written (read-only, full, gone)."""
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _check_store(uri: str) -> None:
-    if uri.startswith("file:") or "://" not in uri:
-        raise UserError(
-            f"tracking.uri={redact(uri)}: MLflow 3 refuses file stores; use sqlite:///mlflow.db or a server URL"
-        )
-
-
-def postgres_driver(url: str) -> str:
-    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 (the `postgres` extra) when only it is here."""
-    if not url.startswith("postgresql://"):
-        return url
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
-
-
-_WHAT_TO_DO = {
-    "opened": "check the URL, that its server is up and that its driver is installed (PostgreSQL: pip install "
-              "'hybridsweep[postgres]')",
-    "read": "check that its server is up",
-    "written": "free disk space or fix its permissions (or point tracking.uri at another store), then rerun the "
-               "same command: finished trials are kept",
-}
-
-
-@contextmanager
-def _store_errors(uri: str, doing: str = "written") -> Iterator[None]:
-    """MLflow and SQLAlchemy raise many types for a broken store; the user needs the setting and what to do."""
-    try:
-        yield
-    except UserError:
-        raise
-    except Exception as exc:
-        lines = str(exc).strip().splitlines()
-        reason = redact(lines[0] if lines else type(exc).__name__)[:200]
-        raise TrackingError(
-            f"tracking.uri={redact(uri)}: the MLflow store cannot be {doing} ({reason}); {_WHAT_TO_DO[doing]}"
-        ) from None
-
-
-@contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Serialise creating a SQLite store (MLflow migrates a new file in several statements)."""
-    if not uri.startswith("sqlite:///") or ":memory:" in uri:
-        yield
-        return
-    from hybridsweep.cache import file_lock
-
-    path = Path(uri.removeprefix("sqlite:///").partition("?")[0]).expanduser()
-    with file_lock(path.with_name(path.name + ".hybridsweep.lock")):
-        yield
+from hybridsweep.tracking.store import check_store, postgres_driver, store_errors, store_lock
 
 
 class RunLogger:
@@ -109,7 +24,7 @@ class RunLogger:
         from mlflow.entities import Param
 
         params = [Param(k, redact("null" if v is None else v)[:6000]) for k, v in values.items()]
-        with _store_errors(self.tracker.uri):
+        with store_errors(self.tracker.uri):
             self.tracker.client.log_batch(self.run_id, params=params)
 
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
@@ -117,21 +32,21 @@ class RunLogger:
 
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step or 0) for k, v in values.items() if v is not None]
-        with _store_errors(self.tracker.uri):
+        with store_errors(self.tracker.uri):
             self.tracker.client.log_batch(self.run_id, metrics=metrics)
 
     def tags(self, values: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        with _store_errors(self.tracker.uri):
+        with store_errors(self.tracker.uri):
             self.tracker.client.log_batch(self.run_id, tags=[RunTag(k, redact(v)) for k, v in values.items()])
 
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
-        with _store_errors(self.tracker.uri):
+        with store_errors(self.tracker.uri):
             self.tracker.client.log_artifact(self.run_id, str(path), artifact_path=folder)
 
     def dict(self, value: dict, name: str) -> None:
-        with _store_errors(self.tracker.uri):
+        with store_errors(self.tracker.uri):
             self.tracker.client.log_dict(self.run_id, redact_tree(value), name)
 
     def end(self, status: str) -> None:
@@ -169,14 +84,14 @@ class Tracker:
     def __init__(self, uri: str, experiment: str | None = None, artifact_dir: Path | None = None):
         from mlflow import MlflowClient
 
-        _check_store(uri)
+        check_store(uri)
         self.enabled = True
         self.uri, self.experiment = uri, experiment  # as the user typed it: messages name it
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
         self._pareto: dict[str, str] = {}
         self._plotly_logged = False
-        with store_lock(uri), _store_errors(uri, "opened"):
+        with store_lock(uri), store_errors(uri, "opened"):
             self.client = MlflowClient(tracking_uri=postgres_driver(uri))
             if experiment is not None:
                 found = self.client.get_experiment_by_name(experiment)
@@ -208,7 +123,7 @@ class Tracker:
         if not self.enabled:
             return NullLogger()
         tags = {k: redact(v) for k, v in tags.items()} | ({"mlflow.parentRunId": parent_id} if parent_id else {})
-        with _store_errors(self.uri):
+        with store_errors(self.uri):
             run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         return RunLogger(self, run.info.run_id)
 
@@ -217,7 +132,7 @@ class Tracker:
         a run gets for any exception."""
         if not self.enabled or not run_id:
             return
-        with _store_errors(self.uri):
+        with store_errors(self.uri):
             current = self.client.get_run(run_id).info.status
             if current == "RUNNING" or (status == "KILLED" and current == "FAILED"):
                 self.client.set_terminated(run_id, status)
@@ -229,7 +144,7 @@ class Tracker:
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        with _store_errors(self.uri):
+        with store_errors(self.uri):
             self.client.log_batch(
                 run_id,
                 metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
@@ -240,7 +155,7 @@ class Tracker:
         """Every FINISHED trial run of the experiment (oldest first), as MLflow Run objects."""
         if self.experiment_id is None:
             return []
-        with _store_errors(self.uri, "read"):
+        with store_errors(self.uri, "read"):
             return list(self.client.search_runs(
                 [self.experiment_id],
                 filter_string="tags.`hybridsweep.kind` = 'trial' and attributes.status = 'FINISHED'",
@@ -257,7 +172,7 @@ class Tracker:
 
     def close_stale_runs(self, tag: str) -> int:
         """Runs carrying `tag` left RUNNING by a runner that was killed (the caller holds the only runner's lock)."""
-        with _store_errors(self.uri):
+        with store_errors(self.uri):
             stale = self.client.search_runs(
                 [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000
             )
@@ -286,7 +201,7 @@ class Tracker:
         if not self.enabled:
             return None
         run_id = study.user_attrs.get("mlflow_parent_run_id")
-        with _store_errors(self.uri):
+        with store_errors(self.uri):
             if run_id:
                 try:
                     run = self.client.get_run(run_id)
@@ -315,7 +230,7 @@ class Tracker:
 
     def log_metrics(self, run_id: str | None, metrics: dict[str, float]) -> None:
         if self.enabled and run_id:
-            with _store_errors(self.uri):
+            with store_errors(self.uri):
                 for key, value in metrics.items():
                     self.client.log_metric(run_id, key, float(value))
 
@@ -326,7 +241,7 @@ class Tracker:
         if not self.enabled or not self.parent_id:
             return 0
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-        with _store_errors(self.uri, "read"):
+        with store_errors(self.uri, "read"):
             runs = self.client.search_runs(
                 [self.experiment_id],
                 filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' and attributes.status = 'RUNNING'",
@@ -348,7 +263,7 @@ class Tracker:
         """Tag `pareto=true` on the front's runs (and `false` on runs that left it)."""
         if not self.enabled:
             return
-        with _store_errors(self.uri):
+        with store_errors(self.uri):
             for row in rows:
                 run_id, value = row.get("mlflow_run_id"), "true" if row["pareto"] else "false"
                 if run_id and self._pareto.get(run_id) != value:
@@ -358,7 +273,7 @@ class Tracker:
     def log_front(self, files: Sequence[Path], complete: int, front: int, step: int) -> None:
         if not self.enabled or not self.parent_id:
             return
-        with _store_errors(self.uri):
+        with store_errors(self.uri):
             for path in files:
                 self.client.log_artifact(self.parent_id, str(path), artifact_path="pareto")
             plotly_js = Path(files[0]).with_name("plotly.min.js") if files else None
@@ -372,7 +287,7 @@ class Tracker:
         """The unpruned model on the parent run: what every trial of the front is compared with."""
         if not self.enabled or not self.parent_id:
             return
-        with _store_errors(self.uri):
+        with store_errors(self.uri):
             for key in ("top1", "params", "flops"):
                 self.client.log_metric(self.parent_id, f"baseline/{key}", float(baseline[key]))
             self.client.log_metric(self.parent_id, f"baseline/latency/{baseline['backend']}/final_ms",
@@ -387,69 +302,5 @@ class Tracker:
             return
         if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             return
-        with _store_errors(self.uri):
+        with store_errors(self.uri):
             self.client.set_terminated(self.parent_id, status)
-
-
-@contextmanager
-def trial_run(tracking, run_name: str, tags: dict[str, Any], run: RunLogger | NullLogger | None = None
-              ) -> Iterator[RunLogger | NullLogger]:
-    """The run a trial logs to: `run` when the caller made it (a search), else a new one in `tracking.experiment`
-    (nested under a multirun's parent). It ends FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM."""
-    if run is None:
-        tracker = Tracker.from_config(tracking)
-        run = tracker.start_run(run_name, tags, parent_id=multirun_parent())
-    else:
-        run.tags(tags)
-    try:
-        yield run
-    except BaseException as exc:
-        with suppress(TrackingError):  # the store may be what failed: the first error is the one to show
-            run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
-    run.end("FINISHED")
-
-
-def multirun_parent() -> str | None:
-    """The parent run of the multirun this job belongs to (written by `MultirunParentCallback`), if any."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    try:
-        hydra = HydraConfig.get()
-    except ValueError:  # not inside `python -m hybridsweep` (tests, Compose API)
-        return None
-    if hydra.mode != RunMode.MULTIRUN:
-        return None
-    path = Path(hydra.sweep.dir) / PARENT_FILE
-    return path.read_text().strip() if path.is_file() else None
-
-
-class MultirunParentCallback(Callback):
-    """Hydra callback: one MLflow parent run per multirun of single trials, so a grid's jobs are grouped in the
-    UI; its id goes to the sweep folder, where every job (in this process or a launcher's) reads it. A search
-    has a parent run per study instead."""
-
-    def __init__(self):
-        self._tracker: Tracker | None = None
-        self._run_id: str | None = None
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        if not config.tracking.enabled or config.task != "prune" or config.search.get("sampler") not in (None, "none"):
-            return
-        try:
-            self._tracker = Tracker.from_config(config.tracking)
-            sweep = Path(config.hydra.sweep.dir)
-            run = self._tracker.start_run(f"multirun-{sweep.name}", {"hybridsweep.kind": "multirun"})
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
-        sweep.mkdir(parents=True, exist_ok=True)
-        (sweep / PARENT_FILE).write_text(run.run_id)
-        self._run_id = run.run_id
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        if self._tracker is not None:
-            with suppress(TrackingError):
-                self._tracker.end_run(self._run_id, "FINISHED")
-            self._tracker = None
