@@ -47,7 +47,6 @@ def remeasure(studies: list[optuna.Study], cfg) -> dict | None:
     from hybridsweep.tasks import workbench
     from hybridsweep.tracking import Tracker
     from hybridsweep.train import resolve_device
-    from hybridsweep.trial import INPUT_SHAPE
 
     if not cfg.tracking.enabled:
         print("search: tracking is off, so the trials' models cannot be fetched for a final latency pass; "
@@ -67,11 +66,11 @@ def remeasure(studies: list[optuna.Study], cfg) -> dict | None:
         return None
     print(f"search: final latency pass: {len(models)} front candidates and the baseline, interleaved on "
           f"latency={cfg.latency.backend}")
-    final = try_measure_final(models, base.model, to_plain(cfg.latency), INPUT_SHAPE)
+    final = try_measure_final(models, base.model, to_plain(cfg.latency), ds.input_shape)
     if final is None:
         return None
     accuracy = bench.baseline_accuracy(cfg, ds, base, device)
-    complexity = count(base.model, (1, *INPUT_SHAPE))
+    complexity = count(base.model, ds.input_shape)
     baseline = {"top1": accuracy.top1, "params": complexity.params, "flops": complexity.flops,
                 "latency_ms": final.baseline.median_ms, "backend": final.baseline.backend,
                 "load_avg": final.baseline.facts.get("load_avg", "unknown"),
