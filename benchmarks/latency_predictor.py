@@ -34,7 +34,7 @@ from hybridsweep.models import build_model
 from hybridsweep.pruning.criteria import CRITERIA
 from hybridsweep.pruning.plan import apply_plan, plan_from_ratios
 
-INPUT_SHAPE = (3, 32, 32)
+CIFAR_SAMPLE = (3, 32, 32)  # --calibrate measures at CIFAR's image size, as the shipped profile was
 SAME_PLAN_KEYS = ("channel_ratio", "blocks", "order", "round_to")
 
 
@@ -80,6 +80,7 @@ def main() -> None:
             "cpu",
             {"threads": 1, "batch_size": 1, "warmup": 10, "max_runs": 200},
             num_classes=100,
+            input_shape=CIFAR_SAMPLE,
             out_path=Path(profile_arg),
             whole_models=12,
             passes=5,
@@ -91,16 +92,17 @@ def main() -> None:
         f"correction {profile.correction.a:.4f} x sum + {profile.correction.b:.4f} ms"
     )
 
+    input_shape = tuple(profile.meta["input_shape"])  # the size the profile was calibrated at, the one it predicts
     torch.manual_seed(args.seed)
     model = build_model("resnet56", num_classes=int((profile.meta or {}).get("num_classes", 100))).eval()
     scores = CRITERIA.build("l1").scores(model, None)
-    base_macs = count(model, (1, *INPUT_SHAPE)).macs
+    base_macs = count(model, input_shape).macs
     plans, models = [], []
     for plan in held_out_plans(model, args.plans, args.seed, list(profile.correction.models)):
         pruned = copy.deepcopy(model)
-        plans.append(apply_plan(pruned, plan, scores, (1, *INPUT_SHAPE)))
+        plans.append(apply_plan(pruned, plan, scores, input_shape))
         models.append(pruned)
-    predicted = np.array([profile.predict(m, INPUT_SHAPE).median_ms for m in models])
+    predicted = np.array([profile.predict(m, input_shape).median_ms for m in models])
 
     # passes x plans, each pass in its own shuffled order: this machine has slow spells lasting tens of seconds,
     # and a fixed order would put the same plans in the same spell in every pass.
@@ -108,15 +110,15 @@ def main() -> None:
     rng = random.Random(args.seed)
     for index in range(passes):
         for plan_index in rng.sample(range(len(models)), len(models)):
-            runs[index, plan_index] = backend.measure(models[plan_index], input_shape=INPUT_SHAPE).median_ms
+            runs[index, plan_index] = backend.measure(models[plan_index], input_shape=input_shape).median_ms
         print(f"measuring pass {index + 1}/{passes} done at {time.perf_counter() - start:.0f} s", flush=True)
     measured = runs.min(axis=0)
-    repeat = min(backend.measure(models[0], input_shape=INPUT_SHAPE).median_ms for _ in range(passes))
+    repeat = min(backend.measure(models[0], input_shape=input_shape).median_ms for _ in range(passes))
 
     columns = ("#", 3), ("ch", 6), ("blk", 3), ("order", 13), ("rt", 4), ("MACs%", 6), ("pred", 7), ("meas", 7)
     print(" ".join(f"{name:>{width}}" for name, width in columns), "  err%", "spread%")
     for index, (plan, pruned) in enumerate(zip(plans, models, strict=True)):
-        macs = count(pruned, (1, *INPUT_SHAPE)).macs / base_macs
+        macs = count(pruned, input_shape).macs / base_macs
         spread = runs[:, index].max() / measured[index] - 1
         print(
             f"{index:>3} {plan.channel_ratio:>6.3f} {plan.blocks:>3} {plan.order:>13} {plan.round_to or '-':>4} "

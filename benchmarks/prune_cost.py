@@ -45,7 +45,7 @@ from hybridsweep.config import validate  # noqa: E402
 from hybridsweep.metrics.complexity import count  # noqa: E402
 from hybridsweep.pruning.plan import apply_plan  # noqa: E402
 from hybridsweep.train import resolve_device  # noqa: E402
-from hybridsweep.trial import INPUT_SHAPE, prune_model, run_trial  # noqa: E402
+from hybridsweep.trial import prune_model, run_trial  # noqa: E402
 from hybridsweep.workbench import Workbench  # noqa: E402
 from tests.helpers import compose_config  # noqa: E402
 
@@ -86,10 +86,10 @@ def workbench(cache_dir: Path, shared: Workbench) -> Workbench:
     return bench
 
 
-def prune(cfg, base_model, scores):
+def prune(cfg, base_model, scores, input_shape):
     """The plan/prune step of `run_trial`, on a copy of the baseline."""
     model = copy.deepcopy(base_model).cpu().to(memory_format=torch.contiguous_format)
-    model, plan, _ = prune_model(cfg, model, scores)
+    model, plan, _ = prune_model(cfg, model, scores, input_shape)
     return model, plan
 
 
@@ -128,7 +128,7 @@ def main() -> None:
         bench = workbench(tmp / "setup", shared)
         base, base_s = timed(bench.baseline, setup_cfg, ds, device)
         base_model = base.model
-        _, count_base_s = timed(count, base_model, (1, *INPUT_SHAPE))
+        _, count_base_s = timed(count, base_model, ds.input_shape)
         print(
             f"data loaded in {data_s:.1f}s (from {real_cache}), baseline in {base_s:.2f}s, "
             f"count(baseline) {1000 * count_base_s:.0f} ms"
@@ -144,10 +144,10 @@ def main() -> None:
                 # cold: the folder is empty, so the scores are computed and written; warm: a new Workbench (no
                 # memory) on the same folder reads them back from disk
                 scores, score_s = timed(workbench(cache_dir, shared).scores, cfg, ds, base)
-                (pruned, plan), prune_s = timed(prune, cfg, base_model, scores)
-                complexity, count_s = timed(count, pruned, (1, *INPUT_SHAPE))
+                (pruned, plan), prune_s = timed(prune, cfg, base_model, scores, ds.input_shape)
+                complexity, count_s = timed(count, pruned, ds.input_shape)
                 prune_times.setdefault(name, []).append(prune_s)
-                keep = complexity.macs / count(base_model, (1, *INPUT_SHAPE)).macs
+                keep = complexity.macs / count(base_model, ds.input_shape).macs
                 rows.append((name, state, score_s, prune_s, count_s, plan, keep))
                 print(
                     f"  {name:<32} {state}: score {score_s:.3f}s prune {prune_s:.2f}s count {count_s:.3f}s", flush=True
@@ -190,10 +190,10 @@ def main() -> None:
         result, trial_s = timed(run_trial, cfg, bench, tmp / "trial-out")
         m = result.metrics
         # the trial's two count() calls are untimed there: time the same two counts here
-        _, count_base_s = timed(count, base.model, (1, *INPUT_SHAPE))
+        _, count_base_s = timed(count, base.model, ds.input_shape)
         replay = copy.deepcopy(base.model).cpu().to(memory_format=torch.contiguous_format)
-        apply_plan(replay, result.plan, bench.scores(cfg, ds, base), (1, *INPUT_SHAPE))
-        _, count_pruned_s = timed(count, replay, (1, *INPUT_SHAPE))
+        apply_plan(replay, result.plan, bench.scores(cfg, ds, base), ds.input_shape)
+        _, count_pruned_s = timed(count, replay, ds.input_shape)
         count_s = count_base_s + count_pruned_s
         score_s, prune_s, ft_s = m["time/score_s"], m["time/prune_s"], m["finetune/seconds"]
         overhead = score_s + prune_s + count_s

@@ -29,7 +29,7 @@ from hybridsweep.experiments.runner import RESULTS_FILE, read_results, variants
 from hybridsweep.metrics.complexity import count
 from hybridsweep.search.objective import compose_trial_config
 from hybridsweep.train import evaluate, resolve_device
-from hybridsweep.trial import INPUT_SHAPE, prune_model
+from hybridsweep.trial import prune_model
 from hybridsweep.workbench import workbench
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,8 +62,8 @@ def adaptive_bn_top1(name: str, row: dict, overrides: tuple[str, ...], test_subs
     device = resolve_device(cfg.device)
     ds = bench.dataset(cfg)
     base = bench.baseline(cfg, ds, device)
-    model, _, _ = prune_model(cfg, copy.deepcopy(base.model).cpu(), bench.scores(cfg, ds, base))
-    params = count(model, (1, *INPUT_SHAPE)).params
+    model, _, _ = prune_model(cfg, copy.deepcopy(base.model).cpu(), bench.scores(cfg, ds, base), ds.input_shape)
+    params = count(model, ds.input_shape).params
     if params != int(float(row["params"])):
         raise SystemExit(f"{name} {row['variant']}: rebuilt {params} params, the trial had {row['params']}")
     recalibrate(model, ds, BN_IMAGES, device=device, seed=cfg.seed)

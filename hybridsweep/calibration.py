@@ -13,7 +13,7 @@ least squares on relative errors.
   The jetson backend caches each result by ONNX content, so an interrupted calibration resumes where it stopped.
 
 Calibrate from Python, e.g. for a TX2:
-    calibrate("jetson", {"host": "tx2.local", "precision": "fp16"}, num_classes=100,
+    calibrate("jetson", {"host": "tx2.local", "precision": "fp16"}, num_classes=100, input_shape=(3, 32, 32),
               out_path=Path("profiles/tx2-fp16.json"))
 then use it with `latency=lut latency.profile=profiles/tx2-fp16.json`.
 """
@@ -63,7 +63,7 @@ def grid_shapes(
     for round_to in round_tos:
         for ratio in ratios:
             pruned = copy.deepcopy(proxy)
-            apply_plan(pruned, PrunePlan(channel_ratio=float(ratio), round_to=round_to), scores, (1, *input_shape))
+            apply_plan(pruned, PrunePlan(channel_ratio=float(ratio), round_to=round_to), scores, input_shape)
             shapes.update(dict.fromkeys(model_shapes(pruned, input_shape, precision)))
     return list(shapes)
 
@@ -102,6 +102,7 @@ def calibrate(
     *,
     model_name: str = "resnet56",
     num_classes: int,
+    input_shape: tuple[int, int, int],
     out_path: Path,
     name: str | None = None,
     ratios: Sequence[float] | None = None,
@@ -109,15 +110,15 @@ def calibrate(
     whole_models: int = 12,
     passes: int = 1,
     seed: int = 0,
-    input_shape: tuple[int, int, int] = (3, 32, 32),
     progress: bool = True,
 ) -> Path:
     """Measure the table and the whole-model correction on a measuring backend; write the profile atomically.
 
-    `ratios` default: every 0.01 in [0, 0.9] (each reachable width), or every 0.1 on trtexec backends where
-    each measurement is an engine build. `passes` > 1 measures everything that often, shapes in shuffled
-    order, and keeps each one's fastest pass: other work on a shared machine only ever slows a run down, and
-    the profile should describe the device, not the load of the moment.
+    `input_shape` is the data's sample shape (C, H, W): table entries are keyed by resolution, so a profile
+    predicts models fed images of that size only. `ratios` default: every 0.01 in [0, 0.9] (each reachable
+    width), or every 0.1 on trtexec backends where each measurement is an engine build. `passes` > 1 measures
+    everything that often, shapes in shuffled order, and keeps each one's fastest pass: other work on a shared
+    machine only ever slows a run down, and the profile should describe the device, not the load of the moment.
     """
     if backend_name == "lut":
         raise UserError("calibrate needs a measuring backend (cpu, onnxruntime, cuda, tensorrt, jetson), not lut")
@@ -138,7 +139,7 @@ def calibrate(
     plans, models = [], []
     for plan in calibration_plans(model, whole_models, seed):
         pruned = copy.deepcopy(model)
-        plans.append(apply_plan(pruned, plan, scores, (1, *input_shape)))
+        plans.append(apply_plan(pruned, plan, scores, input_shape))
         models.append(pruned)
 
     rng = random.Random(seed)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from hybridsweep.cache import atomic_write
+from hybridsweep.shapes import batch_shape
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -30,19 +31,22 @@ def export_onnx(
     model: nn.Module,
     path: str | Path,
     *,
-    input_shape: tuple[int, ...] = (1, 3, 32, 32),
+    input_shape: tuple[int, ...],
+    batch_size: int = 1,
     opset: int = 17,
     dynamic_batch: bool = True,
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write `model` (an eval-mode CPU copy; the caller's model is untouched) to `path` and check the file.
 
+    `input_shape` is one sample's (C, H, W); the graph's input is `batch_size` of them, its batch axis left
+    dynamic unless `dynamic_batch=False` (an engine built for timing wants the exact batch).
     `dtype=torch.float16` writes a half-precision graph, which is how strongly typed TensorRT (11 and later,
     which has no --fp16) is asked for FP16 kernels.
     """
     path = Path(path)
     net = copy.deepcopy(model).to(device="cpu", dtype=dtype).eval()
-    example = torch.zeros(input_shape, dtype=dtype)
+    example = torch.zeros(batch_shape(input_shape, batch_size), dtype=dtype)
     batch_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
 
     def write(tmp: Path) -> None:

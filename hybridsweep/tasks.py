@@ -7,6 +7,7 @@ import torch
 from omegaconf import DictConfig
 
 from hybridsweep.config import output_dir, to_plain
+from hybridsweep.errors import UserError
 from hybridsweep.train import resolve_device
 from hybridsweep.workbench import workbench
 
@@ -14,6 +15,19 @@ from hybridsweep.workbench import workbench
 def _backend_settings(cfg) -> dict:
     """The configured backend's own settings (the fallback keys belong to the trial, not to the backend)."""
     return {k: v for k, v in to_plain(cfg.latency).items() if k not in ("backend", "fallback", "fallback_profile")}
+
+
+def _data_shape(cfg) -> tuple[int, tuple[int, int, int]]:
+    """The class count and sample shape (C, H, W) of the configured data set, which a model is built and timed
+    for; reading them from the data (decoded once, then cached) is what keeps data=imagefolder right."""
+    try:
+        ds = workbench(cfg).dataset(cfg)
+    except UserError as exc:
+        raise UserError(
+            f"task={cfg.task} builds {cfg.model.name} for the classes and image size of data={cfg.data.name}, "
+            f"so it needs that data set: {exc}"
+        ) from exc
+    return ds.num_classes, ds.input_shape
 
 
 def evaluate_baseline(cfg: DictConfig) -> dict:
@@ -54,11 +68,13 @@ def latency(cfg: DictConfig) -> dict:
     from hybridsweep.baseline import build_architecture
     from hybridsweep.metrics.latency import measure_latency
 
-    num_classes = 10 if cfg.data.name == "cifar10" else 100
+    num_classes, input_shape = _data_shape(cfg)
     model = build_architecture(cfg.model, num_classes).eval()
-    result = measure_latency(model, cfg.latency.backend, input_shape=(3, 32, 32), **_backend_settings(cfg))
+    result = measure_latency(model, cfg.latency.backend, input_shape=input_shape, **_backend_settings(cfg))
+    size = "x".join(map(str, input_shape))
     print(
-        f"{cfg.model.name} latency ({result.source}, {result.backend} on {result.device}, batch {result.batch_size}): "
+        f"{cfg.model.name} latency at {size} ({result.source}, {result.backend} on {result.device}, "
+        f"batch {result.batch_size}): "
         f"median {result.median_ms:.3f} ms  p90 {result.p90_ms:.3f} ms  over {result.runs} runs"
     )
     return result.as_metrics()
@@ -69,13 +85,14 @@ def calibrate(cfg: DictConfig) -> dict:
     from hybridsweep.calibration import calibrate as calibrate_profile
 
     settings = _backend_settings(cfg)
-    num_classes = 10 if cfg.data.name == "cifar10" else 100
+    num_classes, input_shape = _data_shape(cfg)
     out = Path(cfg.calibration.out or f"{cfg.latency.backend}-{cfg.model.name}.json")
     path = calibrate_profile(
         cfg.latency.backend,
         settings,
         model_name=cfg.model.name,
         num_classes=num_classes,
+        input_shape=input_shape,
         out_path=out,
         whole_models=cfg.calibration.whole_models,
         passes=cfg.calibration.passes,

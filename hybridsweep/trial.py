@@ -22,8 +22,6 @@ from hybridsweep.tracking import NullLogger, RunLogger, git_commit, trial_run
 from hybridsweep.train import evaluate, fit, resolve_device
 from hybridsweep.workbench import Workbench
 
-INPUT_SHAPE = (3, 32, 32)
-
 
 @dataclass
 class TrialResult:
@@ -75,8 +73,9 @@ def latency_gain(latency: LatencyResult | None, baseline: LatencyResult | None) 
     }
 
 
-def prune_model(cfg, model, scores) -> tuple[torch.nn.Module, PrunePlan, dict]:
-    """Prune `model` (a copy of the baseline) by the configured ratios or FLOP budget; budget metrics aside."""
+def prune_model(cfg, model, scores, input_shape: tuple[int, ...]) -> tuple[torch.nn.Module, PrunePlan, dict]:
+    """Prune `model` (a copy of the baseline) by the configured ratios or FLOP budget, counting FLOPs on a sample
+    of `input_shape` (the data set's); budget metrics aside."""
     options = {
         "order": cfg.order,
         "score_norm": cfg.layer.score_norm,
@@ -86,8 +85,8 @@ def prune_model(cfg, model, scores) -> tuple[torch.nn.Module, PrunePlan, dict]:
     }
     if cfg.budget.flops is None:
         plan = plan_from_ratios(model, cfg.channel_ratio, cfg.layer_ratio, **options)
-        return model, apply_plan(model, plan, scores, (1, *INPUT_SHAPE)), {}
-    solved = solve_budget(model, scores, cfg.budget.flops, cfg.depth_share, (1, *INPUT_SHAPE), **options)
+        return model, apply_plan(model, plan, scores, input_shape), {}
+    solved = solve_budget(model, scores, cfg.budget.flops, cfg.depth_share, input_shape, **options)
     error = 100.0 * (solved.macs / solved.target_macs - 1)
     if abs(error) > 100 * BUDGET_TOLERANCE:
         print(f"warning: the closest plan found is {error:+.2f}% off budget.flops={cfg.budget.flops}")
@@ -124,7 +123,7 @@ def run_trial(
         log.params(trial_params(cfg))
         log.dict(OmegaConf.to_container(cfg, resolve=False), "config.yaml")
         metrics: dict[str, float] = {}
-        baseline_complexity = count(base.model, (1, *INPUT_SHAPE))
+        baseline_complexity = count(base.model, ds.input_shape)
         before = workbench.baseline_accuracy(cfg, ds, base, device)
 
         start = time.perf_counter()
@@ -133,9 +132,9 @@ def run_trial(
 
         start = time.perf_counter()
         model = copy.deepcopy(base.model).cpu().to(memory_format=torch.contiguous_format)
-        model, plan, budget_metrics = prune_model(cfg, model, scores)
+        model, plan, budget_metrics = prune_model(cfg, model, scores, ds.input_shape)
         metrics["time/prune_s"] = time.perf_counter() - start
-        complexity = count(model, (1, *INPUT_SHAPE))
+        complexity = count(model, ds.input_shape)
         # a ratio trial logs the ratios asked for; a budget trial the ones its solved plan used
         layer_ratio = cfg.layer_ratio if cfg.budget.flops is None else plan.blocks / max(removable_count(base.model), 1)
         log.params({
@@ -155,9 +154,9 @@ def run_trial(
 
         model = model.cpu().to(memory_format=torch.contiguous_format).eval()
         settings = to_plain(cfg.latency)
-        latency, how = workbench.latency(model, settings, INPUT_SHAPE)
+        latency, how = workbench.latency(model, settings, ds.input_shape)
         latency_tags = (latency.as_tags() if latency is not None else {}) | how
-        base_latency, _ = workbench.latency(base.model, settings, INPUT_SHAPE)
+        base_latency, _ = workbench.latency(base.model, settings, ds.input_shape)
 
         metrics = {
             "finetuned/top1": tuned.top1,  # the objectives first: MLflow's compare view lists metrics in order
@@ -186,5 +185,5 @@ def run_trial(
         meta = {"model": cfg.model.name, "data": cfg.data.name, "num_classes": len(ds.classes)}
         for path in save_pruned(model, plan, folder, meta):
             log.artifact(path, "model")
-        log.artifact(export_onnx(model, folder / "model.onnx", input_shape=(1, *INPUT_SHAPE)), "model")
+        log.artifact(export_onnx(model, folder / "model.onnx", input_shape=ds.input_shape), "model")
         return TrialResult(plan=plan, metrics=metrics, output_dir=folder, run_id=log.run_id, tags=latency_tags)

@@ -42,6 +42,11 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One sample's (C, H, W): what models are built, counted, pruned, timed and exported for."""
+        return tuple(self.train_x.shape[1:])
+
 
 def load_dataset(
     name: str,

@@ -170,7 +170,6 @@ class ExperimentRunner:
     def remeasure_and_collect(self) -> Path:
         from hybridsweep.final_latency import load_run_models, try_measure_final
         from hybridsweep.train import resolve_device
-        from hybridsweep.trial import INPUT_SHAPE
         from hybridsweep.workbench import workbench
 
         tracker = self.tracker()
@@ -182,7 +181,7 @@ class ExperimentRunner:
             models = load_run_models(tracker, {r.info.run_id: f"run {r.info.run_id}" for r in runs}, self.cfg.model,
                                      len(ds.classes))
             print(f"experiment {self.exp.name}: re-measuring {len(models)} models and the baseline, interleaved")
-            final = try_measure_final(models, base.model, to_plain(self.cfg.latency), INPUT_SHAPE)
+            final = try_measure_final(models, base.model, to_plain(self.cfg.latency), ds.input_shape)
             if final is not None:
                 for run_id in models:
                     tracker.update_run(run_id, final.metrics(run_id), final.tags(run_id))

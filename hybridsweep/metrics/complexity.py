@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hybridsweep.shapes import batch_shape
+
 
 @dataclass(frozen=True)
 class Complexity:
@@ -53,8 +55,9 @@ class single_thread:
 
 
 @torch.no_grad()
-def count(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> Complexity:
-    """Exact params and per-image MACs of `model` for inputs of `input_shape` (batch size is divided out)."""
+def count(model: nn.Module, input_shape: tuple[int, ...]) -> Complexity:
+    """Exact params and per-image MACs of `model` for one sample of `input_shape` (C, H, W): MACs grow with the
+    image's area, so they are only meaningful at the size the data set has."""
     total = 0
 
     def hook(module, _inputs, output):
@@ -67,7 +70,7 @@ def count(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> Co
     try:
         model.eval()
         with single_thread():
-            model(torch.zeros(input_shape, device=device))
+            model(torch.zeros(batch_shape(input_shape, 1), device=device))
     finally:
         for handle in handles:
             handle.remove()

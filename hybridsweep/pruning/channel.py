@@ -9,6 +9,7 @@ import torch_pruning as tp
 from torch import nn
 
 from hybridsweep.pruning.criteria import ChannelOrigin, ScoreImportance, Scores
+from hybridsweep.shapes import batch_shape
 
 
 def prune_channels(
@@ -17,12 +18,13 @@ def prune_channels(
     scores: Scores,
     origin: ChannelOrigin,
     *,
+    input_shape: tuple[int, ...],
     round_to: int | None = None,
     iterative_steps: int = 1,
     scope: str = "local",
-    input_shape: tuple[int, ...] = (1, 3, 32, 32),
 ) -> None:
-    """Remove `ratio` of the prunable channels, in `iterative_steps` equal steps.
+    """Remove `ratio` of the prunable channels, in `iterative_steps` equal steps; `input_shape` (C, H, W) is the
+    sample the dependency graph is traced with.
 
     scope="local" removes that fraction from every layer (uniform width, as in the paper); "global" removes that
     fraction of all prunable channels, wherever the (mean-normalised) scores are lowest, which moves the FLOP
@@ -35,7 +37,7 @@ def prune_channels(
     model.eval()  # the tracing forward pass must not update BatchNorm statistics
     pruner = tp.pruner.BasePruner(
         model,
-        torch.zeros(input_shape, device=device),
+        torch.zeros(batch_shape(input_shape, 1), device=device),
         importance=ScoreImportance(scores, origin),
         pruning_ratio=ratio,
         iterative_steps=iterative_steps,

@@ -53,10 +53,9 @@ class PrunePlan:
         return cls(**data)
 
 
-def apply_plan(
-    model: nn.Module, plan: PrunePlan, scores: Scores, input_shape: tuple[int, ...] = (1, 3, 32, 32)
-) -> PrunePlan:
-    """Prune `model` in place in the plan's order; return the plan with the removed blocks filled in."""
+def apply_plan(model: nn.Module, plan: PrunePlan, scores: Scores, input_shape: tuple[int, ...]) -> PrunePlan:
+    """Prune `model` in place in the plan's order (tracing it on a sample of `input_shape`, (C, H, W)); return
+    the plan with the removed blocks filled in."""
     origin = ChannelOrigin(model)
 
     def depth() -> tuple[str, ...]:
@@ -103,10 +102,11 @@ def solve_budget(
     scores: Scores,
     keep: float,
     depth_share: float,
-    input_shape: tuple[int, ...] = (1, 3, 32, 32),
+    input_shape: tuple[int, ...],
     **options,
 ) -> Solved:
-    """Find the plan whose pruned FLOPs are within 1% of `keep` x the baseline's; `model` is left untouched.
+    """Find the plan whose pruned FLOPs, counted on a sample of `input_shape` (C, H, W), are within 1% of `keep` x
+    the baseline's; `model` is left untouched.
 
     Uniform width moves every layer by whole channels, so near zero it cannot close a small gap; then global
     channel selection is tried (`scope="global"`, recorded in the plan), then one block fewer or one more.

@@ -46,7 +46,6 @@ def remeasure(studies: list[optuna.Study], cfg) -> dict | None:
     from hybridsweep.metrics.complexity import count
     from hybridsweep.tracking import Tracker
     from hybridsweep.train import resolve_device
-    from hybridsweep.trial import INPUT_SHAPE
     from hybridsweep.workbench import workbench
 
     if not cfg.tracking.enabled:
@@ -67,11 +66,11 @@ def remeasure(studies: list[optuna.Study], cfg) -> dict | None:
         return None
     print(f"search: final latency pass: {len(models)} front candidates and the baseline, interleaved on "
           f"latency={cfg.latency.backend}")
-    final = try_measure_final(models, base.model, to_plain(cfg.latency), INPUT_SHAPE)
+    final = try_measure_final(models, base.model, to_plain(cfg.latency), ds.input_shape)
     if final is None:
         return None
     accuracy = bench.baseline_accuracy(cfg, ds, base, device)
-    complexity = count(base.model, (1, *INPUT_SHAPE))
+    complexity = count(base.model, ds.input_shape)
     baseline = {"top1": accuracy.top1, "params": complexity.params, "flops": complexity.flops,
                 "latency_ms": final.baseline.median_ms, "backend": final.baseline.backend,
                 "load_avg": final.baseline.facts.get("load_avg", "unknown"),

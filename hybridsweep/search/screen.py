@@ -82,7 +82,7 @@ class Screener:
         from hybridsweep.metrics.latency.lut import DEFAULT_PROFILE
         from hybridsweep.search.objective import worker_id
         from hybridsweep.train import evaluate, resolve_device
-        from hybridsweep.trial import INPUT_SHAPE, adaptive_bn, prune_model
+        from hybridsweep.trial import adaptive_bn, prune_model
         from hybridsweep.workbench import workbench
 
         trial.set_user_attr("screening", True)  # not yet a trial toward n_trials (see Objective._surplus)
@@ -92,7 +92,7 @@ class Screener:
         device = resolve_device(cfg.device)
         ds = bench.dataset(cfg)
         base = bench.baseline(cfg, ds, device)
-        model, _, _ = prune_model(cfg, copy.deepcopy(base.model).cpu(), bench.scores(cfg, ds, base))
+        model, _, _ = prune_model(cfg, copy.deepcopy(base.model).cpu(), bench.scores(cfg, ds, base), ds.input_shape)
         eval_kw = {"device": device, "batch_size": cfg.finetune.eval_batch_size}
         test = self._test_subset(ds)
         model, screened = adaptive_bn(cfg, model, test, device, eval_kw)  # the trial's own step, on fewer images
@@ -106,7 +106,7 @@ class Screener:
             settings = {"backend": "lut", "profile": DEFAULT_PROFILE, "batch_size": cfg.latency.get("batch_size", 1)}
         else:
             settings = to_plain(cfg.latency)
-        latency, _ = bench.latency(model, settings, INPUT_SHAPE)
+        latency, _ = bench.latency(model, settings, ds.input_shape)
         if latency is None:
             raise UserError("search.screen.latency=measured: the latency backend gave no figure; use "
                             "search.screen.latency=lut")

@@ -411,7 +411,7 @@ def check_inputs(cfg) -> None:
     bench = workbench(cfg)
     ds = bench.dataset(cfg)
     base = bench.baseline(cfg, ds, resolve_device(cfg.device))
-    prune_model(cfg, copy.deepcopy(base.model).cpu(), bench.scores(cfg, ds, base))
+    prune_model(cfg, copy.deepcopy(base.model).cpu(), bench.scores(cfg, ds, base), ds.input_shape)
     if cfg.screen.bn_images:
         calibration_batch(ds, cfg.screen.bn_images, cfg.seed, setting="screen.bn_images")  # raises if too many
 

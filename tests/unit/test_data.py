@@ -253,6 +253,12 @@ def test_image_folder_tree_and_archive_with_a_top_folder(tmp_path):
     assert not (tmp_path / "cache" / "unpacked").exists()  # archives are decoded from the stream
 
 
+def test_sample_shape_and_class_count_come_from_the_images(tmp_path):
+    _write_tree(tmp_path / "data", classes=("a", "b", "c"), size=(6, 10))
+    ds = _load(tmp_path / "data", tmp_path / "cache")
+    assert (ds.input_shape, ds.num_classes) == ((3, 6, 10), 3)
+
+
 def test_changed_file_invalidates_the_tree_cache(tmp_path):
     root = tmp_path / "data"
     _write_tree(root)

@@ -194,27 +194,29 @@ def test_cuda_measures(precision):
 
 def test_export_matches_pytorch(tmp_path):
     model = small_net()
-    path = export_onnx(model, tmp_path / "net.onnx", input_shape=(1, *SAMPLE), opset=13)
+    path = export_onnx(model, tmp_path / "net.onnx", input_shape=SAMPLE, opset=13)
     assert check_onnx(model, path, atol=1e-4) <= 1e-4
 
 
 def test_export_is_deterministic(tmp_path):
-    first = export_onnx(small_net(), tmp_path / "a.onnx")
-    second = export_onnx(small_net(), tmp_path / "b.onnx")
+    first = export_onnx(small_net(), tmp_path / "a.onnx", input_shape=SAMPLE)
+    second = export_onnx(small_net(), tmp_path / "b.onnx", input_shape=SAMPLE)
     assert hashlib.sha256(first.read_bytes()).digest() == hashlib.sha256(second.read_bytes()).digest()
 
 
 def test_export_batch_axis(tmp_path):
-    dynamic = export_onnx(small_net(), tmp_path / "dynamic.onnx", input_shape=(1, *SAMPLE))
+    dynamic = export_onnx(small_net(), tmp_path / "dynamic.onnx", input_shape=SAMPLE)
     session = ort.InferenceSession(str(dynamic), providers=["CPUExecutionProvider"])
     (output,) = session.run(None, {"input": np.zeros((3, *SAMPLE), dtype=np.float32)})
     assert output.shape == (3, 10)
-    static = export_onnx(small_net(), tmp_path / "static.onnx", input_shape=(4, *SAMPLE), dynamic_batch=False)
+    static = export_onnx(
+        small_net(), tmp_path / "static.onnx", input_shape=SAMPLE, batch_size=4, dynamic_batch=False
+    )
     session = ort.InferenceSession(str(static), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [4, *SAMPLE]
 
 
 def test_check_onnx_catches_a_mismatch(tmp_path):
-    path = export_onnx(small_net(seed=0), tmp_path / "net.onnx")
+    path = export_onnx(small_net(seed=0), tmp_path / "net.onnx", input_shape=SAMPLE)
     with pytest.raises(OnnxMismatchError, match="differ by up to"):
         check_onnx(small_net(seed=1), path)

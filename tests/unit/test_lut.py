@@ -33,7 +33,7 @@ def resnet56():
 def pruned(model, channel_ratio, layer_ratio, **options):
     copied = copy.deepcopy(model)
     scores = CRITERIA.build("l1", seed=0).scores(copied, None)
-    apply_plan(copied, plan_from_ratios(copied, channel_ratio, layer_ratio, **options), scores)
+    apply_plan(copied, plan_from_ratios(copied, channel_ratio, layer_ratio, **options), scores, SHAPE)
     return copied
 
 
@@ -59,7 +59,7 @@ def test_shapes_are_read_from_the_pruned_modules(resnet56):
     """The table terms' MACs add up to the exact count: every conv, at its real width and resolution, is seen."""
     for model in (resnet56, pruned(resnet56, 0.37, 0.3, order="channel_first"), pruned(resnet56, 0.5, 0.2, round_to=8)):
         shapes = model_shapes(model, SHAPE, "fp32")
-        assert sum(s.macs for s in shapes) == count(model, (1, *SHAPE)).macs
+        assert sum(s.macs for s in shapes) == count(model, SHAPE).macs
         assert [s.kind for s in shapes].count("basic_proj") == 2
 
 
@@ -264,6 +264,7 @@ def test_tiny_calibration_writes_a_loadable_profile(tmp_path):
         {"threads": 1, "warmup": 1, "round_runs": 2, "max_runs": 6},
         model_name="resnet20",
         num_classes=10,
+        input_shape=SHAPE,
         out_path=tmp_path / "tiny.json",
         ratios=[0.0, 0.5],
         round_tos=[None],

@@ -17,7 +17,8 @@ from hybridsweep.pruning.criteria import CRITERIA, ChannelOrigin, FeatureMapRank
 from hybridsweep.pruning.layer import block_scores, blocks_for_ratio, remove_blocks
 from hybridsweep.pruning.plan import PrunePlan, apply_plan, plan_from_ratios, solve_budget
 
-X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+SAMPLE = (3, 32, 32)
+X = torch.randn(4, *SAMPLE, generator=torch.Generator().manual_seed(0))
 
 
 def _pretrained(shared_data, depth: int, classes: int = 10) -> nn.Module:
@@ -43,12 +44,12 @@ def l1_scores20(resnet20):
 
 def _flop_counter_macs(model: nn.Module) -> int:
     with FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, 32, 32))
+        model(torch.zeros(1, *SAMPLE))
     return counter.get_total_flops() // 2
 
 
 def test_resnet56_counts_match_reference_and_flop_counter(resnet56):
-    c = count(resnet56)
+    c = count(resnet56, SAMPLE)
     assert c.params == 861_620
     assert 125.7e6 <= c.macs <= 126.9e6
     assert c.macs == _flop_counter_macs(resnet56)
@@ -64,18 +65,18 @@ def test_random_plans_run_and_flops_fall_as_ratios_grow(resnet20, l1_scores20):
         macs = []
         for ratio in ratios:
             model = copy.deepcopy(resnet20)
-            plan = apply_plan(model, plan_from_ratios(model, ratio, layer_ratio, order=order), l1_scores20)
+            plan = apply_plan(model, plan_from_ratios(model, ratio, layer_ratio, order=order), l1_scores20, SAMPLE)
             assert model(X).shape == (4, 10)
             assert len(plan.removed_blocks) == plan.blocks
-            c = count(model)
+            c = count(model, SAMPLE)
             assert c.macs == _flop_counter_macs(model)  # exact counts on pruned shapes too
             macs.append(c.macs)
         assert macs == sorted(macs, reverse=True), (order, layer_ratio, ratios, macs)
     depth_macs = []
     for layer_ratio in (0.0, 0.2, 0.5, 0.8):
         model = copy.deepcopy(resnet20)
-        apply_plan(model, plan_from_ratios(model, 0.0, layer_ratio), l1_scores20)
-        depth_macs.append(count(model).macs)
+        apply_plan(model, plan_from_ratios(model, 0.0, layer_ratio), l1_scores20, SAMPLE)
+        depth_macs.append(count(model, SAMPLE).macs)
     assert depth_macs == sorted(depth_macs, reverse=True) and depth_macs[0] > depth_macs[-1]
 
 
@@ -84,7 +85,7 @@ def test_channel_origin_tracks_baseline_indices(resnet20, l1_scores20):
     origin = ChannelOrigin(model)
     from hybridsweep.pruning.channel import prune_channels
 
-    prune_channels(model, 0.5, l1_scores20, origin)
+    prune_channels(model, 0.5, l1_scores20, origin, input_shape=SAMPLE)
     name = "layer3.2.conv1"
     baseline = resnet20.get_submodule(name)
     pruned = model.get_submodule(name)
@@ -154,7 +155,7 @@ def test_orders_differ(resnet20, l1_scores20):
     results = {}
     for order in ("layer_first", "channel_first"):
         model = copy.deepcopy(resnet20)
-        plan = apply_plan(model, plan_from_ratios(model, 0.5, 0.5, order=order), l1_scores20)
+        plan = apply_plan(model, plan_from_ratios(model, 0.5, 0.5, order=order), l1_scores20, SAMPLE)
         results[order] = (plan.removed_blocks, model(X))
     a, b = results["layer_first"], results["channel_first"]
     assert a[0] != b[0] or not torch.allclose(a[1], b[1])
@@ -164,32 +165,32 @@ def test_orders_differ(resnet20, l1_scores20):
                                               (0.9, 0.0, "global")])
 def test_budget_solver_lands_within_one_percent(resnet56, keep, share, scope):
     scores = CRITERIA.build("l1").scores(resnet56)
-    solved = solve_budget(resnet56, scores, keep, share, scope=scope)
-    base = count(resnet56).macs
-    assert count(solved.model).macs == solved.macs
+    solved = solve_budget(resnet56, scores, keep, share, SAMPLE, scope=scope)
+    base = count(resnet56, SAMPLE).macs
+    assert count(solved.model, SAMPLE).macs == solved.macs
     assert abs(solved.macs / (keep * base) - 1) <= 0.01
-    assert count(resnet56).macs == base  # the baseline is untouched
+    assert count(resnet56, SAMPLE).macs == base  # the baseline is untouched
     if share > 0:
         assert solved.plan.blocks > 0
 
 
 def test_infeasible_budget_and_all_blocks_are_refused(resnet20, l1_scores20):
     with pytest.raises(UserError, match="budget.flops=0.001 is infeasible"):
-        solve_budget(resnet20, l1_scores20, 0.001, 0.0)
+        solve_budget(resnet20, l1_scores20, 0.001, 0.0, SAMPLE)
     with pytest.raises(UserError, match="layer_ratio=0.99 would remove all 7 removable blocks"):
         blocks_for_ratio(resnet20, 0.99)
 
 
 def test_saved_plan_and_state_dict_reload_and_export_to_onnx(resnet20, l1_scores20, tmp_path):
     model = copy.deepcopy(resnet20)
-    plan = apply_plan(model, plan_from_ratios(model, 0.37, 0.3, order="channel_first"), l1_scores20)
+    plan = apply_plan(model, plan_from_ratios(model, 0.37, 0.3, order="channel_first"), l1_scores20, SAMPLE)
     save_pruned(model, plan, tmp_path)
     reloaded, reloaded_plan = load_pruned(build_model("resnet20", num_classes=10), tmp_path)
     assert reloaded_plan == plan
     reloaded.eval()
     assert torch.equal(reloaded(X), model(X))
-    assert count(reloaded) == count(model)
-    onnx_path = export_onnx(model, tmp_path / "model.onnx")
+    assert count(reloaded, SAMPLE) == count(model, SAMPLE)
+    onnx_path = export_onnx(model, tmp_path / "model.onnx", input_shape=SAMPLE)
     assert check_onnx(model, onnx_path, atol=1e-4) <= 1e-4
 
 
@@ -201,7 +202,7 @@ def test_corrupt_saved_model_is_a_clear_error(tmp_path):
 
 def test_global_scope_prunes_layers_unevenly(resnet20, l1_scores20):
     model = copy.deepcopy(resnet20)
-    apply_plan(model, PrunePlan(channel_ratio=0.3, scope="global"), l1_scores20)
+    apply_plan(model, PrunePlan(channel_ratio=0.3, scope="global"), l1_scores20, SAMPLE)
     kept = [m.out_channels / b.out_channels for m, b in zip(model.modules(), resnet20.modules(), strict=True)
             if isinstance(m, nn.Conv2d)]
     assert len(set(kept)) > 2 and model(X).shape == (4, 10)
@@ -210,7 +211,7 @@ def test_global_scope_prunes_layers_unevenly(resnet20, l1_scores20):
 def test_mobilenetv2_prunes_in_depth_and_width():
     model = build_model("mobilenetv2", num_classes=10, width_mult=0.5).eval()
     scores = CRITERIA.build("l2").scores(model)
-    before = count(model)
-    plan = apply_plan(model, plan_from_ratios(model, 0.3, 0.3), scores)
+    before = count(model, SAMPLE)
+    plan = apply_plan(model, plan_from_ratios(model, 0.3, 0.3), scores, SAMPLE)
     assert plan.blocks > 0 and model(X).shape == (4, 10)
-    assert count(model).macs < before.macs
+    assert count(model, SAMPLE).macs < before.macs

@@ -30,7 +30,7 @@ from torch import nn
 from hybridsweep.cache import Cache, digest, file_digest, file_lock
 from hybridsweep.errors import DeviceUnavailable, UserError
 from hybridsweep.export import export_onnx
-from hybridsweep.metrics.latency.result import BackendSettings, LatencyResult, batch_shape, invalid
+from hybridsweep.metrics.latency.result import BackendSettings, LatencyResult, invalid
 from hybridsweep.metrics.latency.ssh import CommandTimeout, RemoteHost, ssh_target
 from hybridsweep.metrics.latency.trtexec import (
     TrtexecOutputError,
@@ -96,7 +96,8 @@ class JetsonLatency(BackendSettings):
             onnx_path = export_onnx(
                 model,
                 Path(tmp) / "model.onnx",
-                input_shape=batch_shape(input_shape, self.batch_size),
+                input_shape=input_shape,
+                batch_size=self.batch_size,
                 opset=opset,
                 dynamic_batch=False,
                 dtype=onnx_dtype,

@@ -39,7 +39,12 @@ class OnnxRuntimeLatency(TimedBackend):
         with tempfile.TemporaryDirectory(prefix="hybridsweep-ort-") as tmp:
             for index, (label, model) in enumerate(models.items()):
                 path = export_onnx(
-                    model, Path(tmp) / f"model{index}.onnx", input_shape=shape, opset=self.opset, dynamic_batch=False
+                    model,
+                    Path(tmp) / f"model{index}.onnx",
+                    input_shape=input_shape,
+                    batch_size=self.batch_size,
+                    opset=self.opset,
+                    dynamic_batch=False,
                 )
                 session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                 timers[label] = wall_clock(partial(session.run, None, {session.get_inputs()[0].name: feed}))

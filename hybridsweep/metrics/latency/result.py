@@ -60,15 +60,6 @@ class LatencyResult:
         return tags
 
 
-def batch_shape(input_shape: tuple[int, ...], batch_size: int) -> tuple[int, ...]:
-    """`input_shape` is one sample's shape (C, H, W); backends prepend the batch from `latency.batch_size`."""
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"input_shape is one sample's shape (C, H, W), e.g. (3, 32, 32); got {tuple(input_shape)}"
-        )
-    return (batch_size, *input_shape)
-
-
 def invalid(setting: str, value: object, expected: str) -> UserError:
     """A one-line error for a bad `latency.<setting>` value that says what would be accepted."""
     return UserError(f"latency.{setting}={value!r} is invalid: {expected}")
@@ -96,6 +87,7 @@ class BackendSettings:
         return cls(**settings)
 
     def measure(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> LatencyResult:
+        """`input_shape` is one sample's (C, H, W); a backend prepends its own `latency.batch_size`."""
         raise NotImplementedError
 
     def measure_many(

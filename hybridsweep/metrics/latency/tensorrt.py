@@ -100,7 +100,8 @@ class TensorRTLatency(TimedBackend):
             onnx_path = export_onnx(
                 model,
                 Path(tmp) / "model.onnx",
-                input_shape=self.batch_shape(input_shape),
+                input_shape=input_shape,
+                batch_size=self.batch_size,
                 opset=self.opset,
                 dynamic_batch=False,
                 dtype=onnx_dtype,

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybridsweep.metrics.latency.result import BackendSettings, LatencyResult, batch_shape, invalid
+from hybridsweep.metrics.latency.result import BackendSettings, LatencyResult, invalid
+from hybridsweep.shapes import batch_shape
 
 P90_FACTOR = 1.5  # converged needs p90(all runs) <= P90_FACTOR x the kept median
 STATISTIC = "median of the fastest round"
