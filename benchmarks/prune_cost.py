@@ -29,26 +29,22 @@ import argparse
 import copy
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import load_average
+
+from hybridsweep.config import validate
+from hybridsweep.metrics.complexity import count
+from hybridsweep.pruning.plan import apply_plan
+from hybridsweep.search.objective import compose_trial_config
+from hybridsweep.train import resolve_device
+from hybridsweep.trial import prune_model, run_trial
+from hybridsweep.workbench import Workbench
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests.helpers: compose the config exactly as the test-suite does
-
-from machine import load_average  # noqa: E402
-
-from hybridsweep.config import validate  # noqa: E402
-from hybridsweep.metrics.complexity import count  # noqa: E402
-from hybridsweep.pruning.plan import apply_plan  # noqa: E402
-from hybridsweep.train import resolve_device  # noqa: E402
-from hybridsweep.trial import prune_model, run_trial  # noqa: E402
-from hybridsweep.workbench import Workbench  # noqa: E402
-from tests.helpers import compose_config  # noqa: E402
-
 DATA = REPO.parent / "shared" / "data"
 ARCHIVE = DATA / "cifar10-jpg.tar.gz"
 WEIGHTS = DATA / "weights" / "cifar10_resnet56.pth"
@@ -63,7 +59,7 @@ PLANS = {
 
 
 def config(criterion: str, cache_dir: Path, device: str, *extra: str):
-    cfg = compose_config(
+    cfg = compose_trial_config([
         f"+criterion={criterion}",
         "model=resnet56",
         f"model.weights={WEIGHTS}",
@@ -74,7 +70,7 @@ def config(criterion: str, cache_dir: Path, device: str, *extra: str):
         "tracking.enabled=false",
         f"device={device}",
         *extra,
-    )
+    ])
     validate(cfg)
     return cfg
 

@@ -3,10 +3,10 @@
 An entry lives at `<root>/<namespace>/<key>.pt`, where the key hashes everything that determines the content.
 Writes go to a temporary file in the same folder and are renamed into place, so a reader never sees half a file
 and two processes racing to build the same entry both end with one complete file (the last rename wins, and both
-wrote the same content). A lock file serialises the build so the second process waits and then reads.
+wrote the same content). A lock file (the `filelock` library) serialises the build so the second process waits
+and then reads.
 """
 
-import fcntl
 import hashlib
 import json
 import os
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
 from hybridsweep.errors import UserError
 
@@ -53,17 +54,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 def file_lock(path: Path, waiting: str | None = None):
     """An exclusive lock on `path`; `waiting` is printed when another process holds it (so a wait is not a hang)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if waiting:
-                print(waiting, file=sys.stderr, flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = FileLock(path)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        if waiting:
+            print(waiting, file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class Cache:

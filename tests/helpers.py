@@ -2,16 +2,12 @@
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from hybridsweep import conf_dir
-from hybridsweep.config import register_configs
+from hybridsweep.search.objective import compose_trial_config
 
 
 def compose_config(*overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    """The package's own composition (what a search's trials and the benchmarks use), so tests see the same."""
+    return compose_trial_config(overrides)
 
 
 def cheap_real_overrides(shared_data: Path, cache: Path, *, train: int, test: int, steps: int) -> list[str]:

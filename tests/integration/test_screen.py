@@ -42,11 +42,13 @@ def test_a_screened_search_fine_tunes_one_plan_in_k_and_records_the_rest(shared_
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
     assert len(study.trials) % 4 == 0 and len(out) == len(study.trials) - 2  # every batch: one plan in four
     for t in out:
-        assert t.state == TrialState.PRUNED and t.user_attrs[ABN] >= 0 and t.user_attrs[LATENCY] > 0
+        assert t.state == TrialState.PRUNED and 0 <= t.user_attrs[ABN] <= 100 and t.user_attrs[LATENCY] > 0
+        assert t.user_attrs[SCREENED_OUT].startswith(  # the reason shows the scores it was screened out with
+            f"adaptive-BN top-1 {t.user_attrs[ABN]:.2f}%, {t.user_attrs[LATENCY]:.2f} ms: ")
         assert "adaptive-BN top-1" in t.user_attrs[SCREENED_OUT] and "was fine-tuned instead" in t.user_attrs[
             SCREENED_OUT] or "no plan of its batch" in t.user_attrs[SCREENED_OUT]
     for t in tuned:
-        assert ABN in t.user_attrs and t.values[0] >= 0
+        assert 0 <= t.user_attrs[ABN] <= 100 and 0 < t.values[0] <= 100  # top-1 in percent; 0: a broken evaluation
 
 
 def test_fine_tuned_trials_failing_in_a_row_stop_a_screened_search(shared_data, test_cache, tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ def test_every_config_file_composes(group, option, tmp_path):
     if option == "jetson":
         overrides.append("latency.host=127.0.0.1")  # a required setting: validate builds the backend
     cfg = compose_config(*overrides)
-    assert cfg.task in ("prune", "evaluate", "train_baseline", "latency", "experiment")
+    assert cfg.task == ("experiment" if group == "experiment" else "prune")  # only an experiment sets a task
     if group == "criterion":
         assert cfg.criterion.name == option
     validate(cfg)

@@ -293,7 +293,7 @@ def test_two_processes_build_the_same_entry_once(tmp_path):
     archive = tmp_path / "pets.tgz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "pets", arcname=".")
-    context = multiprocessing.get_context("fork")  # fcntl locks make the cache POSIX-only anyway
+    context = multiprocessing.get_context("fork")  # the children start at once, torch already imported
     barrier, results = context.Barrier(2), context.Queue()
     args = (str(archive), str(tmp_path / "cache"), barrier, results)
     children = [context.Process(target=_load_in_child, args=args) for _ in range(2)]

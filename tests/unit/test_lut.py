@@ -42,7 +42,7 @@ def test_shipped_profile_predicts_resnet56(resnet56):
     profile = load_profile(DEFAULT_PROFILE)
     assert result.source == "predicted" and result.backend == "lut"
     assert result.device == profile.device and result.facts["profile"] == DEFAULT_PROFILE
-    assert result.median_ms > 0 and result.p90_ms >= result.median_ms * 0.5
+    assert result.median_ms > 0 and result.p90_ms >= result.median_ms  # a p90 is never below the median
     assert result.as_tags()["latency.source"] == "predicted"
 
 
