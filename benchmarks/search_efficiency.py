@@ -15,7 +15,7 @@ sampler beat a grid with twice its budget. At this fidelity top-1 on a small tes
 measurement are noisy, so read the ratio as indicative, not exact.
 
     python benchmarks/search_efficiency.py --screen 4 --quick   # screened against unscreened NSGA-II
-    python benchmarks/search_efficiency.py --screen 4 --trials 4 --experiments-fidelity   # ~1-2 h on 2 cores
+    python benchmarks/search_efficiency.py --screen 4 --trials 4 --experiments-fidelity   # ~3 h of CPU, resumable
 
 `--screen K` instead runs two NSGA-II studies with the same number of fine-tuned trials, one fine-tuning every
 sampled plan and one choosing each fine-tuned plan from K screened by adaptive-BN top-1 and latency
@@ -27,11 +27,14 @@ training subset. Last line: `hv_per_hour_ratio=<x>` (screened over unscreened, p
 """
 
 import argparse
+import json
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+from hybridsweep.cache import atomic_write
 from hybridsweep.search import run_search
 from hybridsweep.search.front import front_rows, hypervolume, objective_names
 from hybridsweep.search.objective import compose_trial_config
@@ -66,17 +69,44 @@ def fidelity(quick: bool, cache: Path, root: Path, device: str) -> list[str]:
     ]
 
 
-def run_studies(base: list[str], runs: dict[str, list[str]]) -> tuple[dict, dict, dict]:
+def run_studies(base: list[str], runs: dict[str, list[str]], ledger: Path | None = None) -> tuple[dict, dict, dict]:
     """One study per entry of `runs` (its extra overrides), one after the other; the studies, their wall seconds
-    and their CPU seconds (this process, all its threads)."""
-    studies, seconds, cpu_seconds = {}, {}, {}
+    and their CPU seconds (this process, all its threads).
+
+    With a `ledger` (a JSON file beside persistent study storage) the seconds survive a kill: they are saved every
+    half minute, and a rerun resumes each study where it stopped and adds to them. A trial cut short by the kill
+    is rerun; its lost work stays counted, as it would in a real search that was interrupted."""
+    spent = json.loads(ledger.read_text()) if ledger is not None and ledger.exists() else {}
+    studies = {}
     for name, extra in runs.items():
         overrides = [*base, *extra, f"search.study_name=bench-{name}"]
-        start, cpu_start = time.perf_counter(), time.process_time()
-        studies[name] = run_search(compose_trial_config(overrides), overrides)
-        seconds[name] = time.perf_counter() - start
-        cpu_seconds[name] = time.process_time() - cpu_start
-    return studies, seconds, cpu_seconds
+        studies[name] = timed_search(overrides, name, spent, ledger)
+    return studies, {n: spent[n]["wall_s"] for n in runs}, {n: spent[n]["cpu_s"] for n in runs}
+
+
+def timed_search(overrides: list[str], name: str, spent: dict, ledger: Path | None):
+    """`run_search`, adding its wall and CPU seconds to `spent[name]` (saved to `ledger` as it goes)."""
+    before = spent.get(name, {"wall_s": 0.0, "cpu_s": 0.0, "done": False})
+    if before["done"]:  # finished in an earlier run: only load it
+        return run_search(compose_trial_config(overrides), overrides)
+    start, cpu_start = time.perf_counter(), time.process_time()
+
+    def save(done: bool) -> None:
+        spent[name] = {"wall_s": before["wall_s"] + time.perf_counter() - start,
+                       "cpu_s": before["cpu_s"] + time.process_time() - cpu_start, "done": done}
+        if ledger is not None:
+            atomic_write(ledger, lambda tmp: tmp.write_text(json.dumps(spent, indent=1)))
+
+    stop = threading.Event()
+    saver = threading.Thread(target=lambda: [save(False) for _ in iter(lambda: stop.wait(30), True)], daemon=True)
+    saver.start()
+    try:
+        study = run_search(compose_trial_config(overrides), overrides)
+    finally:
+        stop.set()
+        saver.join()
+    save(True)
+    return study
 
 
 def hypervolumes(studies: dict):
@@ -135,15 +165,19 @@ def screened_against_unscreened(args) -> None:
     cache = Path(os.environ.get("HYBRIDSWEEP_CACHE", Path.home() / ".cache" / "hybridsweep")).expanduser()
     print(f"load average at start: {load_average()}")
     with tempfile.TemporaryDirectory(prefix="search-efficiency-") as tmp:
-        root = Path(tmp)
+        # hours of CPU at the experiments' fidelity: keep the studies and their seconds, so a rerun resumes
+        root = cache / "benchmarks" / f"search-efficiency-screen{args.screen}-{n}" if args.experiments_fidelity \
+            else Path(tmp)
         base = [*fidelity(args.quick, cache, root, args.device), "finetune.max_steps=null", "search=nsga2",
                 f"search.n_trials={n}", f"search.population_size={max(2, n // 2)}"]
         if args.experiments_fidelity:  # where a fine-tune costs minutes, as in experiments/ (conf/fidelity/cpu.yaml)
             base += ["model=resnet56", f"model.weights={DATA}/weights/cifar10_resnet56.pth", "data.train_subset=null",
                      "data.test_subset=null", "screen.bn_images=2000", "finetune.batch_size=128"]
+            print(f"studies and their CPU seconds in {root} (a rerun resumes them; delete it to start over)")
         runs = {"unscreened": ["search.screen.candidates=1"],
                 "screened": [f"search.screen.candidates={args.screen}", "search.screen.test_images=1000"]}
-        studies, seconds, cpu_seconds = run_studies(base, runs)
+        studies, seconds, cpu_seconds = run_studies(base, runs, root / "seconds.json" if args.experiments_fidelity
+                                                    else None)
         _, _, _, hv = hypervolumes(studies)
     per_hour = {name: hv[name] / (cpu_seconds[name] / 3600) for name in runs}
     print(f"\nfine-tuned trials per study: {n}; screened: {args.screen} plans per fine-tuned trial; "
