@@ -105,7 +105,7 @@ class NullLogger:
     def params(self, values):
         pass
 
-    def metrics(self, values, step=None):
+    def metrics(self, values, step=None, model_id=None):
         pass
 
     def tags(self, values):
