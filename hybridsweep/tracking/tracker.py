@@ -58,9 +58,8 @@ class RunLogger:
         `mlflow.pytorch.log_model` does, through this run's client (no fluent API, no global tracking URI) and
         without its slow steps: requirements are given, not inferred, and the example is not served back.
         Pickled, not MLflow 3's default pt2 (torch.export): loading gives back the pruned module itself, which
-        can be fine-tuned or pruned again, in a fraction of the time, and a batch-1 example does not fix the
-        batch size; `model.onnx` beside it is the pickle-free form. `example_input` is a numpy batch; returns
-        the logged model's id."""
+        can be fine-tuned or pruned again, and a batch-1 example does not fix the batch size; `model.onnx`
+        beside it is the pickle-free form. `example_input` is a numpy batch; returns the logged model's id."""
         import mlflow.pytorch
         import torch
         from mlflow.entities import LoggedModelOutput
