@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -178,7 +179,9 @@ def run_trial(
             "finetune/seconds": stats.seconds,
             "finetune/images_per_s": stats.images_per_second,
         }
-        log.metrics(metrics)
+        # the pruned model as an MLflow Model (runs:/<run id>/model), its metrics filed under it too
+        model_id = log.model(model, np.zeros((1, *ds.input_shape), dtype=np.float32))
+        log.metrics(metrics, model_id=model_id)
         log.tags(latency_tags)
 
         folder = output_dir / "pruned"

@@ -1,5 +1,6 @@
-"""End to end on real data: a pruning trial leaves a complete MLflow run; scores are computed once; a Hydra
-multirun groups its jobs under one parent run; bad input leaves no run RUNNING."""
+"""End to end on real data: a pruning trial leaves a complete MLflow run with its pruned model as an MLflow Model;
+scores are computed once; a Hydra multirun groups its jobs under one parent run; bad input leaves no run
+RUNNING."""
 
 import json
 import subprocess
@@ -7,10 +8,16 @@ import sys
 from pathlib import Path
 
 import mlflow
+import mlflow.pytorch
 import pytest
+import torch
 
+from hybridsweep.artifacts import load_pruned
+from hybridsweep.baseline import build_architecture
+from hybridsweep.data.batches import eval_batches
 from hybridsweep.pruning.criteria import FeatureMapRank
 from hybridsweep.tasks import run_task
+from hybridsweep.tracking import Tracker
 from hybridsweep.trial import run_trial
 from hybridsweep.workbench import Workbench
 from tests.helpers import cheap_real_overrides, compose_config
@@ -65,7 +72,9 @@ def test_trial_logs_a_complete_run_and_reuses_scores(shared_data, test_cache, tm
     assert m["flops"] == 2 * m["macs"] and 0 < m["flops_reduction_pct"] < 100
     assert run.data.tags["latency.source"] == "measured"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "model")}
-    assert artifacts == {"model/plan.json", "model/model.pt", "model/model.onnx"}
+    mlflow_model = {"MLmodel", "data", "conda.yaml", "python_env.yaml", "requirements.txt", "input_example.json",
+                    "serving_input_example.json"}  # the run's logged model `model`, listed with its folder
+    assert artifacts == {f"model/{name}" for name in ("plan.json", "model.pt", "model.onnx", *mlflow_model)}
     plan = json.loads((first.output_dir / "plan.json").read_text())
     assert len(plan["removed_blocks"]) == plan["blocks"] == 2
 
@@ -85,6 +94,33 @@ def test_budget_trial_meets_the_flop_budget(shared_data, test_cache, tmp_path):
     m = run.data.metrics  # against the unpruned model on the same backend
     assert m["speedup"] == pytest.approx(m["baseline/latency/cpu/median_ms"] / m["latency/cpu/median_ms"])
     assert m["latency_reduction_pct"] == pytest.approx(100 * (1 - 1 / m["speedup"]))
+
+
+def test_trial_logs_its_pruned_model_as_an_mlflow_model(shared_data, test_cache, tmp_path):
+    db = tmp_path / "mlflow.db"
+    cfg = compose_config("+criterion=l1", "channel_ratio=0.3", "layer_ratio=0.3",
+                         *_overrides(shared_data, test_cache, db))
+    bench = Workbench(test_cache)
+    result = run_trial(cfg, bench, tmp_path / "out")
+
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    loaded = mlflow.pytorch.load_model(f"runs:/{result.run_id}/model").eval()
+    ds = bench.dataset(cfg)
+    folder = Tracker.from_config(cfg.tracking).download_model(result.run_id)
+    saved, _ = load_pruned(build_architecture(cfg.model, len(ds.classes)), folder)
+    images, _ = next(eval_batches(ds, 8, device="cpu", channels_last=False))
+    with torch.no_grad():
+        expected, got = saved.eval()(images), loaded(images)
+    assert got.shape == (8, len(ds.classes))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+    client = mlflow.MlflowClient()
+    (output,) = client.get_run(result.run_id).outputs.model_outputs
+    logged = client.get_logged_model(output.model_id)
+    assert (logged.name, logged.status, logged.source_run_id) == ("model", "READY", result.run_id)
+    linked = {m.key: m.value for m in logged.metrics}
+    assert linked["finetuned/top1"] == pytest.approx(result.metrics["finetuned/top1"])
+    assert linked.keys() == {k for k, v in result.metrics.items() if v is not None}
 
 
 def test_bad_input_inside_a_trial_leaves_no_running_run(shared_data, test_cache, tmp_path):
