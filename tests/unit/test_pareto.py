@@ -7,7 +7,7 @@ import pytest
 from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 
-from hybridsweep.search.report import FINAL_ATTR, front_rows, losses, non_dominated
+from hybridsweep.search.front import FINAL_ATTR, front_rows, losses, non_dominated
 
 NAMES = ["finetuned/top1", "latency/cpu/median_ms"]
 
