@@ -12,7 +12,8 @@ import hydra
 from omegaconf import DictConfig
 
 from hybridsweep import conf_dir
-from hybridsweep.config import check_group_choices, check_keys, register_configs, validate
+from hybridsweep.command_line import check_group_choices, check_keys
+from hybridsweep.config import register_configs, validate
 from hybridsweep.errors import UserError
 
 

@@ -1,14 +1,16 @@
 """Config schemas (registered in Hydra's ConfigStore) and the range checks that turn user mistakes into one line.
 
-Hydra checks types when it merges the YAML and command line into these dataclasses; `validate` checks ranges
-and paths, naming the setting and what to do, before any work starts.
+Hydra checks types when it merges the YAML and command line into these dataclasses. Ranges are checked once per
+setting: the root's by `validate`, each group schema's by its own `__post_init__`, which runs when the node is
+built (`checked`): the criterion here, a latency backend's by its settings dataclass (`latency_schemas`), the
+search's in `hybridsweep/search/settings.py`. Either way the message names the setting and what to do.
 """
 
-import difflib
+import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -32,7 +34,9 @@ class DataConfig:
     name: str = "cifar100"  # cifar100 | cifar10 | imagefolder
     root: str | None = None  # local copy (folder or .tar.gz for imagefolder); null downloads to the cache
     download: bool = True
-    stats: Any = "auto"  # auto | cifar10 | cifar100 | {mean: [...], std: [...]}
+    # auto | cifar10 | cifar100 | {mean: [...], std: [...]}: a name or a mapping, which OmegaConf 2.3 cannot type
+    # (no unions); data/sources.py parses it
+    stats: Any = "auto"
     train_subset: int | None = None
     test_subset: int | None = None
     calibration_size: int = 256  # images for criteria that need data (fmrank, taylor)
@@ -58,7 +62,13 @@ class TrainConfig:
 
 @dataclass
 class CriterionConfig:
+    """`+criterion=NAME` (conf/criterion/): the importance score that ranks channels and blocks."""
+
     name: str = MISSING  # a key of hybridsweep.pruning.criteria.CRITERIA; its file in conf/criterion/ says what it does
+
+    def __post_init__(self):
+        if self.name not in criterion_choices():
+            raise UserError(f"criterion={self.name} is unknown; choose one of: {', '.join(criterion_choices())}")
 
 
 @dataclass
@@ -109,6 +119,38 @@ class CalibrationConfig:
 
 
 @dataclass
+class LatencyConfig:
+    """`latency=NAME` (conf/latency/): the backend, and what stands in when its device cannot measure. Each
+    backend's schema adds the backend's own settings (`latency_schemas`)."""
+
+    backend: str = MISSING
+    fallback: str | None = None  # lut | none | null: a failed measurement stops the run (metrics/latency/fallback.py)
+    fallback_profile: str | None = None  # the lut fallback's profile; null: the shipped CPU profile
+
+    def __post_init__(self):
+        """Build the backend from its settings (no measuring): its settings dataclass checks their ranges, so a bad
+        `latency.*` value fails here, not after a whole fine-tune."""
+        from hybridsweep.metrics.latency import LATENCY_BACKENDS
+        from hybridsweep.metrics.latency.fallback import check_fallback
+
+        check_fallback(self.fallback)
+        shared = {f.name for f in fields(LatencyConfig)}
+        LATENCY_BACKENDS.build(self.backend, **{f.name: getattr(self, f.name) for f in fields(self)
+                                                if f.name not in shared})
+
+
+@dataclass
+class SearchConfig:
+    """What of `search=NAME` (conf/search/) the rest of the program reads: which sampler (none: one trial, no
+    study) and, for `task=report`, which studies where. Every file there extends StudyConfig, which adds a
+    study's settings (hybridsweep/search/settings.py)."""
+
+    sampler: str = "none"
+    storage: str = "sqlite:///optuna.db"  # FILE.journal: several local workers | postgresql://USER:PW@HOST:PORT/DB
+    studies: list[str] | None = None  # task=report: the studies drawn together; null: every study in storage
+
+
+@dataclass
 class Config:
     task: str = "prune"
     seed: int = 0
@@ -127,19 +169,58 @@ class Config:
     baseline: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=200, lr=0.1, batch_size=128, distill=0.0)
     )
-    criterion: Any = None
-    latency: Any = field(default_factory=lambda: {"backend": "cpu"})
-    search: Any = field(default_factory=lambda: {"sampler": "none"})
+    criterion: CriterionConfig | None = None  # no default on purpose: +criterion=NAME
+    latency: LatencyConfig = MISSING  # latency=NAME: one of latency_schemas()
+    search: SearchConfig = MISSING  # search=NAME: none, or a sampler
     experiment: Any = None  # set by +experiment=NAME (conf/experiment/)
     paths: PathsConfig = field(default_factory=PathsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 
+@functools.cache
+def latency_schemas() -> dict[str, type[LatencyConfig]]:
+    """One schema per backend: LatencyConfig plus the fields of the backend's settings dataclass, with their types
+    and defaults, so those live once, beside the code that uses them."""
+    from hybridsweep.metrics.latency import BACKEND_SETTINGS
+
+    schemas = {}
+    for name, settings in BACKEND_SETTINGS.items():
+        types = get_type_hints(settings)
+        own = [(f.name, types[f.name], field(default=f.default)) for f in fields(settings)]
+        schema = make_dataclass(f"{settings.__name__}Config", [("backend", str, field(default=name)), *own],
+                                bases=(LatencyConfig,))
+        schema.__module__ = __name__  # found by `__getattr__` below
+        schemas[name] = schema
+    return schemas
+
+
+def __getattr__(name: str) -> type[LatencyConfig]:
+    """A latency schema by its class name: a composed config refers to it, so pickling one (Hydra's launchers
+    send the config to their worker processes) needs `hybridsweep.config.CpuLatencyConfig` to resolve."""
+    for schema in latency_schemas().values():
+        if schema.__name__ == name:
+            return schema
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def group_schemas() -> dict[str, dict[str, type]]:
+    """Per config group, the schemas its files extend by name (`defaults: [base_<name>]`)."""
+    from hybridsweep.search.settings import StudyConfig
+
+    return {
+        "criterion": {"base_criterion": CriterionConfig},
+        "latency": {f"base_{name}": schema for name, schema in latency_schemas().items()},
+        "search": {"base_study": StudyConfig},
+    }
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="criterion", name="base_criterion", node=CriterionConfig)
+    for group, schemas in group_schemas().items():
+        for name, schema in schemas.items():
+            cs.store(group=group, name=name, node=schema)
 
 
 def _in_unit_interval(name: str, value: float, closed_right: bool = False) -> None:
@@ -212,28 +293,17 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"data.root={cfg.data.root}: no such file or folder; point it at a local copy")
     if cfg.data.name == "imagefolder" and cfg.data.root is None:
         raise UserError("data=imagefolder needs data.root=DIR (a train/<class>/, test/<class>/ tree or its .tar.gz)")
-    if cfg.task == "prune" or cfg.criterion is not None:
-        _check_criterion(cfg)
+    if cfg.task == "prune" and cfg.criterion is None:
+        raise UserError(f"no pruning criterion chosen: add +criterion=NAME, one of: {', '.join(criterion_choices())}")
+    if cfg.criterion is not None:
+        checked(cfg.criterion)
     if cfg.task in ("prune", "search", "latency", "calibrate", "experiment"):
-        _check_latency(cfg)
+        checked(cfg.latency)
 
 
-def _check_latency(cfg: DictConfig) -> None:
-    """Build the backend from its settings (no measuring): a misspelt or out-of-range `latency.*` setting fails
-    here, not after a whole fine-tune."""
-    from hybridsweep.metrics.latency import LATENCY_BACKENDS
-
-    settings = {k: v for k, v in to_plain(cfg.latency).items() if k not in ("fallback", "fallback_profile")}
-    LATENCY_BACKENDS.build(settings.pop("backend"), **settings)
-
-
-def _check_criterion(cfg: DictConfig) -> None:
-    choices = ", ".join(criterion_choices())
-    if cfg.criterion is None:
-        raise UserError(f"no pruning criterion chosen: add +criterion=NAME, one of: {choices}")
-    name = cfg.criterion.get("name")
-    if name not in criterion_choices():
-        raise UserError(f"criterion={name} is unknown; choose one of: {choices}")
+def checked(node: DictConfig) -> Any:
+    """A typed config node as its dataclass: building it runs the dataclass's own range checks (`__post_init__`)."""
+    return OmegaConf.to_object(node)
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -247,89 +317,3 @@ def output_dir(cfg: DictConfig) -> Path:
 
 def to_plain(cfg: DictConfig | ListConfig) -> Any:
     return OmegaConf.to_container(cfg, resolve=True)
-
-
-def check_group_choices(overrides: list[str], conf: Path) -> None:
-    """Reject `group=option` overrides naming no file in conf/<group>/, in one line instead of Hydra's page."""
-    for arg in overrides:
-        key, sep, value = arg.partition("=")
-        group = key.lstrip("+~")
-        if not sep or arg.startswith("-") or "." in group or not (conf / group).is_dir():
-            continue
-        choices = sorted(p.stem for p in (conf / group).glob("*.yaml") if not p.stem.startswith("base_"))
-        hint = ""
-        if group.startswith("hydra/"):  # Hydra and its plugins provide options too (hydra/launcher=joblib)
-            choices = sorted({*choices, *_plugin_choices(group)})
-            hint = " (launcher plugins: pip install 'hybridsweep[launchers]')"
-        for option in value.split(","):
-            if option and option not in choices:
-                raise UserError(f"{group}={option} is unknown; choose one of: {', '.join(choices)}{hint}")
-
-
-def _plugin_choices(group: str) -> list[str]:
-    """Options of a `hydra/...` group registered in the ConfigStore by Hydra and its installed plugins."""
-    from hydra.core.plugins import Plugins
-
-    Plugins.instance()  # imports hydra_plugins.*, which register their configs (Hydra does the same at start-up)
-    try:
-        names = ConfigStore.instance().list(group)
-    except OSError:  # no such group in the store
-        return []
-    return [name.removesuffix(".yaml") for name in names]
-
-
-# Settings whose values are free-form mappings: any sub-key is theirs to define.
-FREE_FORM = ("data.stats.", "experiment.grid.", "experiment.variants.", "hydra.")
-
-
-def _flatten(value: Any, prefix: str = "") -> set[str]:
-    keys = set()
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            if key == "defaults":
-                continue
-            keys.add(prefix + str(key))
-            keys |= _flatten(sub, f"{prefix}{key}.")
-    return keys
-
-
-def known_keys(conf: Path) -> set[str]:
-    """Every setting a command line may name: the schema, every config file's keys, every latency backend's
-    settings."""
-    import dataclasses
-
-    from hybridsweep.metrics.latency import LATENCY_BACKENDS
-
-    keys = _flatten(OmegaConf.to_container(OmegaConf.structured(Config)))
-    for path in conf.rglob("*.yaml"):
-        group = path.parent.relative_to(conf).as_posix()
-        if group == "." or group.startswith("hydra"):
-            continue
-        text = path.read_text()
-        node = OmegaConf.to_container(OmegaConf.create(text)) or {}
-        keys |= _flatten(node, "" if "@package _global_" in text else group.replace("/", ".") + ".")
-    for name in LATENCY_BACKENDS.names():
-        factory = LATENCY_BACKENDS.get(name)
-        settings = getattr(factory, "__self__", None)  # the backends' from_settings classmethods
-        if settings is not None:
-            keys |= {f"latency.{f.name}" for f in dataclasses.fields(settings)}
-    return keys
-
-
-def check_keys(overrides: list[str], conf: Path) -> None:
-    """`key=value`, `+key=value` and `~key` must name a known setting: Hydra would refuse a misspelt plain key
-    with a page of text (exit 1) and would add a misspelt `+key` silently, so a trial runs without it."""
-    known: set[str] | None = None
-    for arg in overrides:
-        key, sep, _ = arg.partition("=")
-        key = key.lstrip("+~")
-        if arg.startswith("-") or (not sep and not arg.startswith("~")) or key == "hydra":
-            continue
-        if (conf / key).is_dir() or key.startswith(("hydra/", *FREE_FORM)):
-            continue  # a config group (checked by check_group_choices) or a free-form setting
-        known = known if known is not None else known_keys(conf)
-        if key in known:
-            continue
-        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else "see them all with: python -m hybridsweep --cfg job"
-        raise UserError(f"{key} is not a setting; {hint}")

@@ -16,3 +16,9 @@ class DeviceUnavailable(UserError):
     trtexec path) stays a plain UserError and ends the run even with a fallback: retrying cannot fix it, and
     silently predicting instead would hide it. Without a fallback both end the run the same way.
     """
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (at most 300 characters): what a one-line message can quote of a library's error."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

@@ -25,7 +25,7 @@ def cheap_real_overrides(shared_data: Path, cache: Path, *, train: int, test: in
         "finetune.epochs=1",
         f"finetune.max_steps={steps}",
         "finetune.batch_size=64",
-        "+latency.round_runs=10",
+        "latency.round_runs=10",
         "latency.max_runs=40",
         f"paths.cache_dir={cache}",
     ]

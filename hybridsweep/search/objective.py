@@ -1,208 +1,45 @@
 """One Optuna trial = one pruning trial: sample the plan, compose the trial's config with Hydra's Compose API
 (the search's own command line plus the sampled values), run the same `run_trial` a single run uses, and
-return the objectives. Also: the search space and the early-stop rule. The MLflow side is `tracking.Tracker`.
+return the objectives; the early-stop rule that may end it after its first epoch. The MLflow side is
+`tracking.Tracker`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import socket
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import Trial, TrialState
 
-from hybridsweep.config import ORDERS, criterion_choices
+from hybridsweep.command_line import parse_overrides
 from hybridsweep.errors import UserError
 from hybridsweep.redaction import redact
+from hybridsweep.search.space import SearchSpace
+from hybridsweep.search.workers import worker_id
 from hybridsweep.tracking import Tracker, TrackingError
 
-# config key on the command line -> Optuna parameter name
-SEARCHED_KEYS = {
-    "depth_share": "depth_share",
-    "budget.flops": "budget",
-    "order": "order",
-    "criterion": "criterion",
-    "finetune.lr": "finetune_lr",  # the same name as the MLflow param
-}
 OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "params": "minimize", "flops": "minimize"}
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 CONSTRAINT = "flops_budget"
 
 
-# --- the search space -----------------------------------------------------------------------------------------
+def latency_key(cfg) -> str:
+    batch = cfg.latency.get("batch_size", 1) or 1
+    return f"latency/{cfg.latency.backend}" + ("" if batch == 1 else f"/batch{batch}") + "/median_ms"
 
 
-@dataclass(frozen=True)
-class Dimension:
-    name: str  # the Optuna parameter
-    key: str  # the config key it sets
-    choices: tuple | None = None
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-
-    def suggest(self, trial: Trial):
-        if self.choices is not None:
-            return trial.suggest_categorical(self.name, list(self.choices))
-        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
-
-    def grid(self, points: int) -> list:
-        if self.choices is not None:
-            return list(self.choices)
-        if self.low == self.high or points == 1:
-            return [self.low]
-        if self.log:
-            ratio = (self.high / self.low) ** (1 / (points - 1))
-            return [round(self.low * ratio**i, 10) for i in range(points)]
-        return [round(self.low + (self.high - self.low) * i / (points - 1), 10) for i in range(points)]
-
-    def describe(self) -> str:
-        if self.choices is not None:
-            return f"{self.key} in {list(self.choices)}"
-        return f"{self.key} in [{self.low:g}, {self.high:g}]{' (log)' if self.log else ''}"
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    dims: tuple[Dimension, ...]
-    fixed: dict[str, Any]  # parameter name -> value, for what is not searched
-    criterion_in_defaults: bool  # the composed config already has a criterion group (override without '+')
-
-    def suggest(self, trial: Trial) -> dict[str, Any]:
-        return {**self.fixed, **{d.name: d.suggest(trial) for d in self.dims}}
-
-    def overrides(self, plan: dict[str, Any]) -> list[str]:
-        """Hydra overrides for the searched values (fixed ones are already on the command line)."""
-        out = []
-        for d in self.dims:
-            value = plan[d.name]
-            if d.name == "criterion":
-                out.append(f"{'' if self.criterion_in_defaults else '+'}criterion={value}")
-            elif isinstance(value, float):
-                out.append(f"{d.key}={value!r}")
-            else:
-                out.append(f"{d.key}={value}")
-        return out
-
-    def budget_group(self, plan: dict[str, Any]) -> str:
-        """One Pareto front per budget when budgets are a list (or fixed); one front for a budget range."""
-        dim = next((d for d in self.dims if d.name == "budget"), None)
-        if dim is not None and dim.choices is None:
-            return "all"
-        return f"{plan['budget']:g}"
-
-    def grid(self, points: int) -> dict[str, list]:
-        return {d.name: d.grid(points) for d in self.dims}
-
-    def describe(self) -> str:
-        return "; ".join(d.describe() for d in self.dims)
-
-
-def _pair(value, setting: str) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise UserError(f"{setting}={value} is invalid: give a range as [low, high]") from None
-    if low > high:
-        raise UserError(f"{setting}={value} is an empty range: low > high")
-    return low, high
-
-
-def _list(value, setting: str) -> list:
-    if isinstance(value, str | int | float):
-        value = [value]
-    values = list(value)
-    if not values:
-        raise UserError(f"{setting}=[] leaves nothing to search: give at least one value (or null to fix it)")
-    return list(dict.fromkeys(values))
-
-
-def parse_space(search, cfg, fixed_keys: set[str]) -> SearchSpace:
-    """The search space from `search.*`; a key given on the command line (or its search.* entry set to null)
-    keeps the config's value instead of being searched."""
-    dims: list[Dimension] = []
-    fixed: dict[str, Any] = {}
-
-    def free(key: str, entry: str) -> bool:
-        return key not in fixed_keys and search.get(entry) is not None
-
-    if free("depth_share", "depth_share"):
-        low, high = _pair(search.depth_share, "search.depth_share")
-        if not 0.0 <= low <= high <= 1.0:
-            raise UserError(f"search.depth_share={list(search.depth_share)} is out of range: it lies in [0, 1]")
-        dims.append(Dimension("depth_share", "depth_share", low=low, high=high))
-    else:
-        fixed["depth_share"] = float(cfg.depth_share)
-
-    budget_free = "budget.flops" not in fixed_keys
-    if budget_free and search.get("budget_range") is not None:
-        low, high = _pair(search.budget_range, "search.budget_range")
-        if not 0.0 < low <= high <= 1.0:
-            raise UserError(
-                f"search.budget_range={list(search.budget_range)} is out of range: budgets are the fraction of the "
-                "baseline's FLOPs to keep, in (0, 1]"
-            )
-        dims.append(Dimension("budget", "budget.flops", low=low, high=high))
-    elif budget_free and search.get("budgets") is not None:
-        values = [float(v) for v in _list(search.budgets, "search.budgets")]
-        bad = [v for v in values if not 0.0 < v <= 1.0]
-        if bad:
-            raise UserError(
-                f"search.budgets={values} is out of range: {bad[0]:g} is not a fraction of the baseline's FLOPs "
-                "in (0, 1]"
-            )
-        dims.append(Dimension("budget", "budget.flops", choices=tuple(values)))
-    else:
-        if cfg.budget.flops is None:
-            raise UserError(
-                "a search needs a FLOP budget: set search.budgets=[...] (or search.budget_range) or budget.flops=X"
-            )
-        fixed["budget"] = float(cfg.budget.flops)
-
-    if free("order", "orders"):
-        values = _list(search.orders, "search.orders")
-        bad = [v for v in values if v not in ORDERS]
-        if bad:
-            raise UserError(f"search.orders: {bad[0]} is unknown; choose from: {', '.join(ORDERS)}")
-        dims.append(Dimension("order", "order", choices=tuple(values)))
-    else:
-        fixed["order"] = str(cfg.order)
-
-    if free("criterion", "criteria"):
-        values = _list(search.criteria, "search.criteria")
-        bad = [v for v in values if v not in criterion_choices()]
-        if bad:
-            raise UserError(f"search.criteria: {bad[0]} is unknown; choose from: {', '.join(criterion_choices())}")
-        dims.append(Dimension("criterion", "criterion", choices=tuple(values)))
-    else:
-        if cfg.criterion is None:
-            raise UserError(
-                "no pruning criterion: search.criteria is null and none is chosen; add +criterion=NAME or "
-                "set search.criteria=[...]"
-            )
-        fixed["criterion"] = str(cfg.criterion.name)
-
-    if free("finetune.lr", "lr"):
-        low, high = _pair(search.lr, "search.lr")
-        if low <= 0:
-            raise UserError(f"search.lr={list(search.lr)} is invalid: learning rates are > 0 (searched on a log scale)")
-        dims.append(Dimension("finetune_lr", "finetune.lr", low=low, high=high, log=True))
-    else:
-        fixed["finetune_lr"] = float(cfg.finetune.lr)
-
-    if not dims:
-        raise UserError(
-            "the search space is empty: depth_share, budget.flops, order, criterion and finetune.lr are all fixed "
-            "(on the command line or with search.<entry>=null); free one, or run a single trial with task=prune"
-        )
-    return SearchSpace(tuple(dims), fixed, criterion_in_defaults=cfg.criterion is not None)
+def objective_metrics(names: Sequence[str], cfg) -> tuple[list[str], list[StudyDirection]]:
+    """Metric keys of run_trial's result for `search.objectives` (names StudyConfig checked), and their directions."""
+    keys = {"accuracy": "finetuned/top1", "latency": latency_key(cfg), "params": "params", "flops": "flops"}
+    directions = [StudyDirection.MAXIMIZE if OBJECTIVES[n] == "maximize" else StudyDirection.MINIMIZE
+                  for n in names]
+    return [keys[n] for n in names], directions
 
 
 # --- composing a trial's config -------------------------------------------------------------------------------
@@ -226,54 +63,12 @@ def compose_trial_config(overrides: Sequence[str]):
 def trial_base_overrides(overrides: Sequence[str]) -> list[str]:
     """The search's command line as a single trial's: drop task/search/hydra settings, run one prune trial."""
     kept = []
-    for arg in overrides:
-        key = arg.partition("=")[0].lstrip("+~")
-        if key in ("task", "search") or key.startswith(("search.", "hydra.", "hydra/")) or key == "hydra":
+    for override in parse_overrides(overrides):
+        key = override.key_or_group
+        if key in ("task", "search", "hydra") or key.startswith(("search.", "hydra.", "hydra/")):
             continue
-        kept.append(arg)
+        kept.append(override.input_line)
     return [*kept, "task=prune", "search=none"]
-
-
-def fixed_keys(overrides: Sequence[str]) -> set[str]:
-    keys = {arg.partition("=")[0].lstrip("+~") for arg in overrides}
-    return keys & set(SEARCHED_KEYS)
-
-
-# --- which process runs a trial (to tell a killed worker's trial from a live one) -----------------------------
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rpartition(")")[2].split()[19]  # field 22: start time in clock ticks since boot
-
-
-def worker_id() -> str:
-    pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or '?'}"
-
-
-def worker_alive(worker: str | None) -> bool | None:
-    """True/False for a worker on this host; None when it cannot be told (another host, no record)."""
-    if not worker:
-        return None
-    host, _, rest = worker.partition(":")
-    pid_text, _, started = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return None
-    pid = int(pid_text)
-    if Path("/proc/self/stat").exists():
-        now = _start_time(pid)
-        return now is not None and (started in ("?", "") or now == started)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- early stop ---------------------------------------------------------------------------------------------
@@ -281,13 +76,20 @@ def worker_alive(worker: str | None) -> bool | None:
 
 @dataclass
 class EarlyStop:
-    """Multi-objective studies cannot use trial.report/should_prune, so: after the first fine-tune epoch, a trial
-    whose top-1 is more than `margin` points below the best top-1 that finished trials of its budget group had
-    at the same point (once `min_peers` of them exist) raises optuna.TrialPruned."""
+    """`search.early_stop`. Multi-objective studies cannot use trial.report/should_prune, so: after the first
+    fine-tune epoch (it needs finetune.epochs >= 2), a trial whose top-1 is more than `margin` points below the
+    best top-1 that finished trials of its budget group had at the same point (once `min_peers` of them exist)
+    raises optuna.TrialPruned."""
 
-    enabled: bool = False
-    margin: float = 10.0
+    enabled: bool = False  # off by default: a study reproduces exactly
+    margin: float = 10.0  # top-1 points
     min_peers: int = 4
+
+    def __post_init__(self):
+        if self.margin < 0:
+            raise UserError(f"search.early_stop.margin={self.margin:g} is invalid: it must be >= 0")
+        if self.min_peers < 1:
+            raise UserError(f"search.early_stop.min_peers={self.min_peers} is invalid: it must be an integer >= 1")
 
     def hook(self, study: optuna.Study, trial: Trial, cfg, bench, group: str, report: Callable[[dict], None]):
         from hybridsweep.train import evaluate, resolve_device

@@ -54,7 +54,7 @@ def load_studies(study_names: Iterable[str] | None, storage) -> list[optuna.Stud
     """Studies to draw in one plot; `storage` is a URL/path (as `search.storage`) or a storage object;
     `study_names` None means every study in it. Their objectives must match."""
     from hybridsweep.errors import UserError
-    from hybridsweep.search.study import open_storage
+    from hybridsweep.search.storage import open_storage
 
     store = open_storage(storage) if isinstance(storage, str | Path) else storage
     available = optuna.get_all_study_names(store)
@@ -113,3 +113,22 @@ def report_from_config(cfg) -> list[Path]:
     run_id = Tracker.from_config(study_cfg.tracking).log_report([s.study_name for s in studies], paths)
     print("report: " + "  ".join(str(p) for p in paths) + (f"\n  MLflow run {run_id}" if run_id else ""))
     return paths
+
+
+# --- the front as text, for the end of a search -----------------------------------------------------------------
+
+
+def front_table(rows: list[dict], objectives: list[str], baseline: dict | None = None) -> str:
+    """The Pareto trials as a plain text table, best top-1 first, under the unpruned baseline when measured."""
+    columns = ["trial", "budget_group", *objectives, "final_latency_ms", "flops_ratio", "blocks_removed",
+               "channel_ratio", "order"]
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: -r.get(objectives[0], 0))
+    front = ([baseline] if baseline else []) + front
+
+    def cell(value) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    table = [columns] + [[cell(r.get(c)) for c in columns] for r in front]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(line, widths, strict=True)) for line in table]
+    return "Pareto front:\n" + "\n".join(lines)

@@ -31,31 +31,33 @@ ABN, LATENCY = "screen/adaptive_bn_top1", "screen/latency_ms"
 MAX_EMPTY_BATCHES = 3
 
 
-@dataclass(frozen=True)
+@dataclass
 class ScreenSettings:
-    candidates: int = 1  # plans sampled per fine-tuned trial; 1: no screening
+    """`search.screen` (README, "Screening")."""
+
+    candidates: int = 1  # plans sampled per fine-tuned trial: 1 = none (reproducible); 4 = fine-tune 1 in 4
     test_images: int = 2000  # class-balanced test images the screen's top-1 is measured on
-    latency: str = "measured"  # measured (the trial's backend, once per architecture) | lut (predicted)
+    latency: str = "measured"  # measured (once per architecture, the trial's backend) | lut (predicted)
+
+    def __post_init__(self):
+        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
+            raise UserError(f"search.screen.candidates={self.candidates} is invalid: an integer >= 1 "
+                            "(1 fine-tunes every sampled plan; K > 1 fine-tunes one plan in K)")
+        if isinstance(self.test_images, bool) or not isinstance(self.test_images, int) or self.test_images < 1:
+            raise UserError(f"search.screen.test_images={self.test_images} is invalid: an integer >= 1")
+        if self.latency not in ("measured", "lut"):
+            raise UserError(f"search.screen.latency={self.latency} is unknown; choose measured or lut")
 
     @classmethod
     def from_config(cls, search) -> ScreenSettings:
+        """From a plain mapping's `screen` entry (none: no screening), where no schema has checked the keys."""
         value = search.get("screen") or {}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(value) - known)
         if unknown:
             raise UserError(f"search.screen.{unknown[0]} is not a setting; its settings are: "
                             f"{', '.join(sorted(known))}")
-        settings = cls(**value)
-        candidates = settings.candidates
-        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-            raise UserError(f"search.screen.candidates={settings.candidates} is invalid: an integer >= 1 "
-                            "(1 fine-tunes every sampled plan; K > 1 fine-tunes one plan in K)")
-        if isinstance(settings.test_images, bool) or not isinstance(settings.test_images, int) \
-                or settings.test_images < 1:
-            raise UserError(f"search.screen.test_images={settings.test_images} is invalid: an integer >= 1")
-        if settings.latency not in ("measured", "lut"):
-            raise UserError(f"search.screen.latency={settings.latency} is unknown; choose measured or lut")
-        return settings
+        return cls(**value)
 
 
 def counted(trial: FrozenTrial) -> bool:
@@ -80,7 +82,7 @@ class Screener:
     def score(self, trial: Trial) -> tuple[float, float]:
         from hybridsweep.config import to_plain
         from hybridsweep.metrics.latency.lut import DEFAULT_PROFILE
-        from hybridsweep.search.objective import worker_id
+        from hybridsweep.search.workers import worker_id
         from hybridsweep.train import evaluate, resolve_device
         from hybridsweep.trial import adaptive_bn, prune_model
         from hybridsweep.workbench import workbench

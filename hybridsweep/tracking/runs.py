@@ -13,8 +13,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from hybridsweep.errors import UserError
+from hybridsweep.tracking.handles import NullLogger, RunLogger
 from hybridsweep.tracking.store import TrackingError
-from hybridsweep.tracking.tracker import NullLogger, RunLogger, Tracker
+from hybridsweep.tracking.tracker import Tracker
 
 PARENT_FILE = "mlflow_parent_run_id"  # in a multirun's sweep folder: the parent run every job nests under
 

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from hybridsweep.errors import UserError
 from hybridsweep.search import run_search
-from hybridsweep.search.study import open_storage
+from hybridsweep.search.storage import open_storage
 from hybridsweep.tracking import TrackingError
 from tests.helpers import cheap_real_overrides, compose_config
 

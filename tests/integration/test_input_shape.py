@@ -60,7 +60,7 @@ def _config(tree: Path, cache: Path, *extra: str):
         "finetune.max_steps=2",
         "finetune.batch_size=8",
         "screen.bn_images=24",
-        "+latency.round_runs=10",
+        "latency.round_runs=10",
         "latency.max_runs=40",
         "tracking.enabled=false",
         f"paths.cache_dir={cache}",

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from hybridsweep import conf_dir
 from hybridsweep.config import register_configs
-from hybridsweep.search.study import open_storage
+from hybridsweep.search.storage import open_storage
 from tests.helpers import cheap_real_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from hybridsweep.errors import UserError
 from hybridsweep.search import report, run_search
 from hybridsweep.search.report import load_studies
-from hybridsweep.search.study import open_storage
+from hybridsweep.search.storage import open_storage
 from tests.helpers import cheap_real_overrides, compose_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from hybridsweep import conf_dir
-from hybridsweep.config import check_group_choices, check_keys, validate
+from hybridsweep.command_line import check_group_choices, check_keys
+from hybridsweep.config import validate
 from hybridsweep.errors import UserError
 from tests.helpers import compose_config
 
@@ -111,6 +112,12 @@ def test_a_misspelt_key_names_the_nearest_setting(typed, nearest):
 
 
 def test_real_keys_groups_and_free_form_settings_pass():
-    check_keys(["channel_ratio=0.3", "+latency.round_runs=10", "search.worker=0,1", "+criterion=l1",
+    check_keys(["channel_ratio=0.3", "latency.round_runs=10", "search.worker=0,1", "+criterion=l1",
                 "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "~search.lr", "+experiment=order",
                 "experiment.run_missing=false", "+data.stats.mean=[0.5,0.5,0.5]", "-m"], conf_dir())
+
+
+def test_a_plus_on_a_schema_setting_says_to_drop_it():
+    with pytest.raises(UserError, match=r"^latency[.]round_runs is always a setting, so it takes no '\+': "
+                                        r"write latency[.]round_runs=10$"):
+        check_keys(["+latency.round_runs=10"], conf_dir())

@@ -3,7 +3,7 @@
 import optuna
 import pytest
 
-from hybridsweep.search.objective import Dimension, fixed_keys, parse_space
+from hybridsweep.search.space import Dimension, fixed_keys, parse_space
 from tests.helpers import compose_config
 
 # the Makefile's demo: a 3 x 3 grid over the FLOP budget and the depth/width split

@@ -9,7 +9,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FixedTrial
 
 from hybridsweep.errors import UserError
-from hybridsweep.search.objective import fixed_keys, parse_space
+from hybridsweep.search.space import fixed_keys, parse_space
 from tests.helpers import compose_config
 
 CRITERIA = ("l1", "l2", "fmrank", "bnscale", "taylor")

@@ -9,6 +9,7 @@ from torch import nn
 from hybridsweep.errors import UserError
 from hybridsweep.metrics.latency.cpu import CpuLatency
 from hybridsweep.metrics.latency.cuda import CudaLatency
+from hybridsweep.metrics.latency.jetson_settings import JetsonSettings
 from hybridsweep.metrics.latency.lut import LutLatency
 from hybridsweep.metrics.latency.onnxrt import OnnxRuntimeLatency
 from hybridsweep.metrics.latency.result import BackendSettings, LatencyResult
@@ -17,6 +18,7 @@ from hybridsweep.metrics.latency.trtexec import TrtexecOutputError, parse_trtexe
 from hybridsweep.registry import Registry
 
 __all__ = [
+    "BACKEND_SETTINGS",
     "LATENCY_BACKENDS",
     "BackendSettings",
     "LatencyResult",
@@ -39,6 +41,16 @@ def _jetson(**settings) -> BackendSettings:
     return JetsonLatency.from_settings(**settings)
 
 
+# Each backend's settings dataclass: its fields are the `latency.*` settings, with their types and defaults, from
+# which the config schema of conf/latency/<name>.yaml is built (hybridsweep.config.latency_schemas).
+BACKEND_SETTINGS: dict[str, type[BackendSettings]] = {
+    "cpu": CpuLatency,
+    "onnxruntime": OnnxRuntimeLatency,
+    "cuda": CudaLatency,
+    "tensorrt": TensorRTLatency,
+    "jetson": JetsonSettings,
+    "lut": LutLatency,
+}
 LATENCY_BACKENDS: Registry[BackendSettings] = Registry("latency backend", "latency")
 LATENCY_BACKENDS.register("cpu")(CpuLatency.from_settings)
 LATENCY_BACKENDS.register("onnxruntime")(OnnxRuntimeLatency.from_settings)

@@ -22,6 +22,7 @@ from hybridsweep.metrics.latency.timing import (
 class CpuLatency(TimedBackend):
     name = "cpu"
     threads: int = 1
+    max_runs: int = 300
 
     def __post_init__(self):
         super().__post_init__()

@@ -35,8 +35,9 @@ def check_cuda_device(value: str) -> None:
 @dataclass(frozen=True)
 class CudaLatency(TimedBackend):
     name = "cuda"
-    device: str = "cuda"
-    precision: str = "fp32"
+    device: str = "cuda"  # cuda or cuda:<index>
+    precision: str = "fp32"  # fp32 | fp16
+    warmup: int = 20
 
     def __post_init__(self):
         super().__post_init__()

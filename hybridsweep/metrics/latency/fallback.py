@@ -19,6 +19,11 @@ from hybridsweep.metrics.latency.lut import DEFAULT_PROFILE
 FALLBACKS = ("lut", "none")
 
 
+def check_fallback(fallback: str | None) -> None:
+    if fallback is not None and fallback not in FALLBACKS:
+        raise UserError(f"latency.fallback={fallback!r} is invalid: use lut, none or null (no fallback)")
+
+
 def measure_or_fallback(
     model: nn.Module, settings: dict, *, input_shape: tuple[int, ...]
 ) -> tuple[LatencyResult | None, dict[str, str]]:
@@ -33,8 +38,7 @@ def measure_or_fallback(
     backend_name = settings.pop("backend")
     fallback = settings.pop("fallback", None)
     fallback_profile = settings.pop("fallback_profile", None) or DEFAULT_PROFILE
-    if fallback is not None and fallback not in FALLBACKS:
-        raise UserError(f"latency.fallback={fallback!r} is invalid: use lut, none or null (no fallback)")
+    check_fallback(fallback)
     predictor = None
     if fallback == "lut":
         predictor = LATENCY_BACKENDS.build("lut", profile=fallback_profile, batch_size=settings.get("batch_size", 1))

@@ -30,11 +30,11 @@ from torch import nn
 from hybridsweep.cache import Cache, digest, file_digest, file_lock
 from hybridsweep.errors import DeviceUnavailable, UserError
 from hybridsweep.export import export_onnx
-from hybridsweep.metrics.latency.result import BackendSettings, LatencyResult, invalid
+from hybridsweep.metrics.latency.jetson_settings import JetsonSettings
+from hybridsweep.metrics.latency.result import LatencyResult
 from hybridsweep.metrics.latency.ssh import CommandTimeout, RemoteHost, ssh_target
 from hybridsweep.metrics.latency.trtexec import (
     TrtexecOutputError,
-    check_trtexec_settings,
     describe_output,
     parse_trtexec_summary,
     trtexec_command,
@@ -51,36 +51,8 @@ FACT_COMMANDS = {
 
 
 @dataclass(frozen=True)
-class JetsonLatency(BackendSettings):
-    name = "jetson"
-    host: str | None = None
-    port: int = 22
-    user: str | None = None  # None: this machine's user name
-    key_file: str | None = None  # None: ssh-agent keys, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa
-    known_hosts: str = "~/.ssh/known_hosts"
-    trtexec: str = "/usr/src/tensorrt/bin/trtexec"
-    remote_dir: str = "/tmp/hybridsweep"
-    precision: str = "fp16"
-    workspace_mb: int = 1024
-    trt_major: int = 8
-    opset: int | None = None  # None: 13 for TensorRT 8 (its ONNX parser stops there), 17 after
-    batch_size: int = 1
-    warmup_ms: int = 500
-    duration_s: int = 5
-    iterations: int = 100
-    timeout_s: float = 900.0  # the whole trtexec run: engine building on a TX2 takes minutes
-    connect_timeout_s: float = 15.0
-    cache_dir: str = "~/.cache/hybridsweep"
-
-    def __post_init__(self):
-        if not self.host:
-            raise UserError("latency.host is not set; set latency.host=<address of the Jetson>")
-        if not 0 < self.port < 65536:
-            raise invalid("port", self.port, "use the device's SSH port, 22 unless changed")
-        check_trtexec_settings(precision=self.precision, workspace_mb=self.workspace_mb, trt_major=self.trt_major)
-        for setting in ("batch_size", "duration_s", "iterations", "timeout_s", "connect_timeout_s"):
-            if getattr(self, setting) <= 0:
-                raise invalid(setting, getattr(self, setting), "use a positive number")
+class JetsonLatency(JetsonSettings):
+    """The backend: its settings and their checks are JetsonSettings'."""
 
     @property
     def target(self) -> str:

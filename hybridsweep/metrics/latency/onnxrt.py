@@ -19,6 +19,7 @@ from hybridsweep.metrics.latency.timing import TimedBackend, cpu_name, random_in
 class OnnxRuntimeLatency(TimedBackend):
     name = "onnxruntime"
     threads: int = 1
+    max_runs: int = 300
     opset: int = 17
 
     def __post_init__(self):

@@ -49,7 +49,8 @@ def import_tensorrt():
 class TensorRTLatency(TimedBackend):
     name = "tensorrt"
     device: str = "cuda"
-    precision: str = "fp16"
+    precision: str = "fp16"  # fp16 | fp32
+    warmup: int = 20
     workspace_mb: int = 1024
     opset: int = 17
 

@@ -1,0 +1,72 @@
+"""Which process runs a trial, so that a trial left RUNNING by a worker that is gone (kill -9, OOM, power loss)
+can be told from one a live worker still runs, and failed instead of holding its place in the study forever."""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from hybridsweep.tracking import Tracker
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]  # field 22: start time in clock ticks since boot
+
+
+def worker_id() -> str:
+    """host:pid:start time: the start time tells a reused pid from the worker that had it."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or '?'}"
+
+
+def worker_alive(worker: str | None) -> bool | None:
+    """True/False for a worker on this host; None when it cannot be told (another host, no record)."""
+    if not worker:
+        return None
+    host, _, rest = worker.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    if Path("/proc/self/stat").exists():
+        now = _start_time(pid)
+        return now is not None and (started in ("?", "") or now == started)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_trials(study: optuna.Study, tracker: Tracker, heartbeat: bool = False) -> list[int]:
+    """Trials RUNNING whose worker process on this host is gone: FAIL, run KILLED. With a heartbeat (PostgreSQL),
+    also trials of any host whose heartbeat is stale (FAIL, then retried)."""
+    if heartbeat:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if worker_alive(t.user_attrs.get("worker")) is not False:
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        except ValueError:  # finished meanwhile
+            continue
+        tracker.end_run(t.user_attrs.get("mlflow_run_id"), "KILLED", {"optuna.state": "FAIL"})
+        failed.append(t.number)
+    if failed:
+        print(f"search: trial(s) {', '.join(map(str, failed))} were left RUNNING by a worker that is gone; "
+              "marked FAIL (their MLflow runs KILLED)")
+    return failed
