@@ -11,7 +11,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, ValueType
 from hydra.errors import OverrideParseException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from hybridsweep.config import Config, group_schemas
 from hybridsweep.errors import UserError
@@ -85,6 +85,26 @@ def _flatten(value: Any, prefix: str = "") -> set[str]:
     return keys
 
 
+def list_keys() -> set[str]:
+    """The schema settings that hold a list (`search.criteria`, `search.budgets`, ...): a scalar there is a
+    five-line Hydra error, so it is caught first."""
+    def walk(node: DictConfig, prefix: str) -> set[str]:
+        keys = set()
+        for key in node:
+            child = node._get_node(key)
+            if isinstance(child, ListConfig):
+                keys.add(prefix + str(key))
+            elif isinstance(child, DictConfig) and not child._is_none():
+                keys |= walk(child, f"{prefix}{key}.")
+        return keys
+
+    keys = walk(OmegaConf.structured(Config), "")
+    for group, schemas in group_schemas().items():
+        for schema in schemas.values():
+            keys |= walk(OmegaConf.structured(schema), f"{group}.")
+    return keys
+
+
 def schema_keys() -> set[str]:
     """The settings the structured schemas declare (root and every group's): they always exist, so Hydra refuses
     `+key` for them."""
@@ -120,6 +140,9 @@ def check_keys(overrides: list[str], conf: Path) -> None:
         if key in known:
             if override.is_add() and key in schema_keys():
                 raise UserError(f"{key} is always a setting, so it takes no '+': write {key}={override.value()}")
+            if override.value_type == ValueType.ELEMENT and isinstance(override.value(), str | int | float) \
+                    and key in list_keys():
+                raise UserError(f"{key} is a list: write {key}=[{override.value()}]")
             continue
         close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}?" if close else "see them all with: python -m hybridsweep --cfg job"

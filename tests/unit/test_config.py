@@ -1,5 +1,6 @@
 """Every config file composes; bad settings fail with one line naming the setting."""
 
+import re
 import subprocess
 import sys
 
@@ -121,3 +122,10 @@ def test_a_plus_on_a_schema_setting_says_to_drop_it():
     with pytest.raises(UserError, match=r"^latency[.]round_runs is always a setting, so it takes no '\+': "
                                         r"write latency[.]round_runs=10$"):
         check_keys(["+latency.round_runs=10"], conf_dir())
+
+
+@pytest.mark.parametrize("typed,fix", [("search.criteria=l1", "search.criteria=[l1]"),
+                                       ("search.budgets=0.5", "search.budgets=[0.5]")])
+def test_a_scalar_for_a_list_setting_says_how_to_write_the_list(typed, fix):
+    with pytest.raises(UserError, match=re.escape(f"{typed.split('=')[0]} is a list: write {fix}") + "$"):
+        check_keys([typed], conf_dir())

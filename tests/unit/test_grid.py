@@ -3,6 +3,7 @@
 import optuna
 import pytest
 
+from hybridsweep.config import checked
 from hybridsweep.search.space import Dimension, fixed_keys, parse_space
 from tests.helpers import compose_config
 
@@ -30,7 +31,7 @@ def test_grid_points_of_one_dimension(dim, points, expected):
 
 def test_the_shipped_grid_config():
     cfg = compose_config("search=grid")
-    space = parse_space(cfg.search, cfg, fixed_keys(["search=grid"]))
+    space = parse_space(checked(cfg.search), cfg, fixed_keys(["search=grid"]))
     assert space.grid(cfg.search.grid_points) == {
         "depth_share": [0.0, 0.25, 0.5, 0.75, 1.0],
         "budget": [0.5, 0.75],
@@ -42,7 +43,7 @@ def test_the_shipped_grid_config():
 
 def test_the_grid_sampler_walks_every_point_of_the_demo_once_then_stops():
     cfg = compose_config(*DEMO)
-    space = parse_space(cfg.search, cfg, fixed_keys(DEMO))
+    space = parse_space(checked(cfg.search), cfg, fixed_keys(DEMO))
     grid = space.grid(cfg.search.grid_points)
     assert grid == {"depth_share": [0.0, 0.5, 1.0], "budget": [0.4, 0.65, 0.9]}
     study = optuna.create_study(storage=None, directions=["maximize", "minimize"],

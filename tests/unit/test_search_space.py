@@ -8,6 +8,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FixedTrial
 
+from hybridsweep.config import checked
 from hybridsweep.errors import UserError
 from hybridsweep.search.space import fixed_keys, parse_space
 from tests.helpers import compose_config
@@ -16,9 +17,9 @@ CRITERIA = ("l1", "l2", "fmrank", "bnscale", "taylor")
 
 
 def space_of(*command_line: str):
-    """The space `python -m hybridsweep <command_line>` searches."""
+    """The space `python -m hybridsweep <command_line>` searches, its settings checked as a search checks them."""
     cfg = compose_config(*command_line)
-    return parse_space(cfg.search, cfg, fixed_keys(command_line)), cfg
+    return parse_space(checked(cfg.search), cfg, fixed_keys(command_line)), cfg
 
 
 def test_nsga2_searches_its_four_ranges_and_fixes_the_criterion_given_on_the_command_line():
@@ -62,7 +63,7 @@ def test_a_plan_becomes_hydra_overrides_and_a_budget_group():
 def test_a_searched_criterion_is_added_or_swapped_as_the_config_needs(criterion_args, override):
     """A config without a criterion needs `+criterion=`; one that has one (an experiment's) `criterion=`."""
     cfg = compose_config("search=random", *criterion_args)
-    space = parse_space(cfg.search, cfg, fixed_keys(["search=random"]))
+    space = parse_space(checked(cfg.search), cfg, fixed_keys(["search=random"]))
     (dim,) = [d for d in space.dims if d.name == "criterion"]
     assert dim.choices == CRITERIA
     plan = space.suggest(FixedTrial({"depth_share": 0.5, "budget": 0.5, "order": "layer_first",
