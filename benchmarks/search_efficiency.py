@@ -21,9 +21,11 @@ measurement are noisy, so read the ratio as indicative, not exact.
 sampled plan and one choosing each fine-tuned plan from K screened by adaptive-BN top-1 and latency
 (`search.screen.candidates=K`), and compares hypervolume per hour of the process's CPU time (both on the same
 machine, one after the other, the load average printed). CPU time, not wall time: the machine's other work
-stretches wall time but barely the CPU time a study spends, so the ratio stays fair when the load changes between
-the studies. Screening pays where fine-tuning dominates a trial's cost, so this mode fine-tunes a full epoch of the
-training subset. Last line: `hv_per_hour_ratio=<x>` (screened over unscreened, per CPU-hour); the goal is >= 2.
+stretches wall time by its whole share of the cores, CPU time only by what threads waiting on a preempted peer
+spin away, so the ratio moves far less when the load changes between the studies (run it on a quiet machine
+still, or set OMP_WAIT_POLICY=PASSIVE). Screening pays where fine-tuning dominates a trial's cost, so this mode
+fine-tunes a full epoch of the training subset. Last line: `hv_per_hour_ratio=<x>` (screened over unscreened,
+per CPU-hour); the goal is >= 2.
 """
 
 import argparse
