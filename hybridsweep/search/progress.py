@@ -1,5 +1,5 @@
-"""After each trial of a search: one progress line, the front published (files, parent run, pareto tags), and
-the guard that stops a search whose trials only fail."""
+"""After each trial of a search: one progress line, the front published (files, parent run, pareto tags, the
+Model Registry), and the guard that stops a search whose trials only fail."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ class AfterTrial:
     """`after(study, frozen_trial)`: a callback of Optuna's loop, called by the screened loop too; it keeps the
     failures in a row (`failures`) for the search to report."""
 
-    def __init__(self, tracker: Tracker, out_dir: Path, max_failures: int, n_trials: int):
+    def __init__(self, tracker: Tracker, out_dir: Path, max_failures: int, n_trials: int, register: bool = True):
         self.tracker, self.out_dir, self.max_failures, self.n_trials = tracker, out_dir, max_failures, n_trials
+        self.register = register  # search.register: the front's models into the Model Registry
         self.failures: list[FrozenTrial] = []
         self.durations: list[float] = []
         self.warned_busy = False
@@ -39,10 +40,15 @@ class AfterTrial:
                                 study_title(study, rows), [base] if base else [])
             self.tracker.mark_pareto(rows)
             self.tracker.log_front(files, len(rows), sum(r["pareto"] for r in rows), len(study.trials))
-            return files
         except Exception as exc:  # a plot must never cost the study
             print(f"warning: could not publish the Pareto front: {first_line(exc)}", file=sys.stderr)
             return []
+        if self.register:
+            try:
+                self.tracker.register_front(rows, study.study_name)
+            except Exception as exc:  # nor the registry
+                print(f"warning: could not register the Pareto front's models: {first_line(exc)}", file=sys.stderr)
+        return files
 
     def progress(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """`trial 3/24 · depth_share 0.55 · 4 blocks, width 0.06 · top-1 86.5% (−0.2) · 6.3 ms (−21%) · on front`"""

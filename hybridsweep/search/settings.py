@@ -50,6 +50,8 @@ class StudyConfig(SearchConfig):
     worker: int = 0  # which of several identical workers of one study this process is; it changes the sampler's
     # seed, and a multirun needs it to start N: -m 'search.worker=range(N)'
     screen: ScreenSettings = field(default_factory=ScreenSettings)  # screening before fine-tuning
+    register: bool = True  # with tracking on: register the front's models in the MLflow Model Registry, one
+    # registered model per study (its name), one version per front trial, tagged pareto=true|false
     # --- one sampler's own
     population_size: int = 16  # nsga2: the generation size
     n_startup_trials: int = 10  # tpe: random trials before the model takes over

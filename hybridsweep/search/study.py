@@ -209,7 +209,7 @@ def optimise(run: OpenStudy) -> tuple[AfterTrial, list[Path], float]:
     closed. Returns the after-trial callback (its failures in a row), the front's files and the seconds spent."""
     study, settings = run.study, run.settings
     max_failures = settings.max_consecutive_failures
-    after = AfterTrial(run.tracker, run.out_dir, max_failures, run.n_trials)
+    after = AfterTrial(run.tracker, run.out_dir, max_failures, run.n_trials, settings.register)
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     running = sum(not t.user_attrs.get("screening")
                   for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))

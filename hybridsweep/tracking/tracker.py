@@ -5,14 +5,18 @@ orphans closed, the front tagged).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from hybridsweep.redaction import redact
 from hybridsweep.tracking.handles import NullLogger, RunLogger
 from hybridsweep.tracking.store import check_store, postgres_driver, store_errors, store_lock
+
+BEST_TOP1_ALIAS = "pareto-best-top1"  # the registered front's member with the best top-1
 
 
 class Tracker:
@@ -209,6 +213,63 @@ class Tracker:
                     self.client.set_tag(run_id, "pareto", value)
                     self._pareto[run_id] = value
 
+    def register_front(self, rows: Sequence[dict], name: str | None = None) -> str | None:
+        """Register the front's logged models in the Model Registry under one name per study (the study's, with
+        '/' and ':' made '-'): one version per feasible front trial, found again by its `trial` tag so a trial
+        is registered once however often the front is tagged. Membership is the version tag `pareto=true|false`,
+        updated on every call, not an alias: an alias names ONE version of a registered model, and a front has
+        several members (a model that leaves the front keeps its version, tagged `pareto=false`). The one alias,
+        `pareto-best-top1`, names the member with the best top-1. Returns the registered model's name, or None
+        when nothing was registered (tracking off, no feasible front trial with a logged model)."""
+        if not self.enabled or self.experiment_id is None:
+            return None
+        name = re.sub(r"[/:]", "-", name or self.experiment or "")
+        members = {int(r["trial"]): r for r in rows if r["pareto"] and r.get("feasible") and r.get("mlflow_run_id")}
+        with store_errors(self.uri):
+            versions = self._registered_versions(name)
+            if not members and not versions:
+                return None
+            if not versions:
+                with suppress_exists():
+                    self.client.create_registered_model(name, description=f"The Pareto front of study {name}")
+            for number, row in members.items():
+                if number in versions:
+                    continue
+                run_id = row["mlflow_run_id"]
+                models = self.client.search_logged_models(
+                    experiment_ids=[self.experiment_id],
+                    filter_string=f"source_run_id = '{run_id}' AND name = 'model'", max_results=1)
+                if not models:  # the trial's model was not logged: nothing to register
+                    continue
+                model_id = models[0].model_id
+                # MLflow's registry store looks a `models:/<id>` source up through the process's global
+                # tracking URI, not this client's: point it at this store for the call
+                with _use_tracking_uri(postgres_driver(self.uri)):
+                    versions[number] = self.client.create_model_version(
+                        name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id,
+                        tags={"trial": str(number), "pareto": "true", "model_id": model_id,
+                              **_objective_tags(row)})
+            best: tuple[float, str] | None = None
+            for number, version in versions.items():
+                value = "true" if number in members else "false"
+                if version.tags.get("pareto") != value:
+                    self.client.set_model_version_tag(name, version.version, "pareto", value)
+                if number in members:
+                    tags = _objective_tags(members[number])  # the final latency pass changes the latency
+                    for key, tag in tags.items():
+                        if version.tags.get(key) != tag:
+                            self.client.set_model_version_tag(name, version.version, key, tag)
+                    if "top1" in tags and (best is None or float(tags["top1"]) > best[0]):
+                        best = (float(tags["top1"]), version.version)
+            if best is not None:
+                self.client.set_registered_model_alias(name, BEST_TOP1_ALIAS, best[1])
+        return name
+
+    def _registered_versions(self, name: str) -> dict[int, Any]:
+        """The registered versions of `name` by their `trial` tag."""
+        found = self.client.search_model_versions(f"name = '{name}'", max_results=10000)
+        return {int(v.tags["trial"]): v for v in found if v.tags.get("trial", "").isdigit()}
+
     def log_front(self, files: Sequence[Path], complete: int, front: int, step: int) -> None:
         if not self.enabled or not self.parent_id:
             return
@@ -243,3 +304,39 @@ class Tracker:
             return
         with store_errors(self.uri):
             self.client.set_terminated(self.parent_id, status)
+
+
+def _objective_tags(row: dict) -> dict[str, str]:
+    """A front row's objectives as model version tags: top1, latency_ms (the final pass's when there was one),
+    params/flops when they are objectives, and the trial's budget group."""
+    tags = {"budget_group": str(row.get("budget_group", "all"))}
+    for key, value in row.items():
+        if value is None:
+            continue
+        if key == "finetuned/top1":
+            tags["top1"] = str(value)
+        elif key.startswith("latency/") and row.get("final_latency_ms") is None:
+            tags["latency_ms"] = str(value)
+        elif key == "final_latency_ms":
+            tags["latency_ms"] = str(value)
+        elif key in ("params", "flops"):
+            tags[key] = str(value)
+    return tags
+
+
+def _use_tracking_uri(uri: str):
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use
+
+    return use(uri)
+
+
+@contextmanager
+def suppress_exists():
+    """Another worker of the study may have created the registered model first."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise

@@ -419,3 +419,92 @@ def test_task_report_logs_the_overlaid_fronts_as_an_mlflow_run(three_trials, wor
     assert run.data.tags["report.studies"] == "three" and run.info.status == "FINISHED"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "pareto")}
     assert {"pareto/front.html", "pareto/front.png", "pareto/front.csv"} <= artifacts
+
+
+def _registered(root: Path, name: str) -> dict[int, object]:
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    versions = client.search_model_versions(f"name = '{name}'")
+    by_trial = {int(v.tags["trial"]): v for v in versions}
+    assert len(by_trial) == len(versions)  # one version per trial, never two
+    return by_trial
+
+
+def test_the_front_is_registered_one_version_per_front_trial(three_trials, workdir):
+    from hybridsweep.search.front import front_rows
+
+    study, _, _ = three_trials
+    rows = front_rows(study)
+    front = {r["trial"]: r for r in rows if r["pareto"] and r["feasible"]}
+    children = _split(_runs(workdir, "three"))[1]
+    tagged = {int(r.data.tags["optuna.trial"]) for r in children if r.data.tags.get("pareto") == "true"}
+    assert front and set(front) == tagged
+    versions = _registered(workdir, "three")
+    # one version per front trial, pareto=true; a trial that was on the front after an earlier trial and left it
+    # keeps its version, tagged pareto=false
+    assert {n for n, v in versions.items() if v.tags["pareto"] == "true"} == set(front) <= set(versions)
+    assert all(v.tags["pareto"] == "false" for n, v in versions.items() if n not in front)
+    assert all(r["feasible"] for r in rows if r["trial"] in versions)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
+    experiment = client.get_experiment_by_name("three").experiment_id
+    by_trial = {r["trial"]: r for r in rows}
+    for number, version in versions.items():
+        run_id = by_trial[number]["mlflow_run_id"]
+        logged = client.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'")
+        assert len(logged) == 1
+        assert version.source == f"models:/{logged[0].model_id}" and version.tags["model_id"] == logged[0].model_id
+        assert version.run_id == run_id
+        if number not in front:
+            continue
+        assert float(version.tags["top1"]) == front[number]["finetuned/top1"]
+        assert float(version.tags["latency_ms"]) > 0 and version.tags["budget_group"] == front[number]["budget_group"]
+    best = max(front, key=lambda n: front[n]["finetuned/top1"])
+    assert client.get_model_version_by_alias("three", "pareto-best-top1").version == versions[best].version
+
+
+def test_search_register_false_registers_nothing(shared_data, test_cache, workdir):
+    storage = f"sqlite:///{workdir}/unregistered.db"
+    args = _args(shared_data, test_cache, workdir, storage, "search.n_trials=2", "search.study_name=unregistered",
+                 "search.register=false")
+    study = _search(args)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+    assert any(r.data.tags.get("pareto") == "true" for r in _runs(workdir, "unregistered"))  # a front was tagged
+    assert _registered(workdir, "unregistered") == {}
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
+    assert "unregistered" not in {m.name for m in client.search_registered_models()}
+
+
+def test_register_front_follows_the_front_and_registers_a_trial_once(tmp_path):
+    """The tracker on its own: a trial that leaves the front is tagged pareto=false (not registered again), an
+    infeasible row is never registered, the best-top-1 alias moves with the front."""
+    import numpy as np
+    import torch
+
+    from hybridsweep.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "reg/study:x", tmp_path / "artifacts")
+    runs = {}
+    for number in range(3):
+        run = tracker.start_trial(number, f"trial {number}")
+        run.model(torch.nn.Linear(4, 2).eval(), np.zeros((1, 4), dtype=np.float32))
+        tracker.end_run(run.run_id, "FINISHED")
+        runs[number] = run.run_id
+
+    def row(number, top1, pareto, feasible=True):
+        return {"trial": number, "pareto": pareto, "feasible": feasible, "budget_group": "0.5",
+                "finetuned/top1": top1, "latency/cpu/median_ms": 1.0 + number, "final_latency_ms": None,
+                "mlflow_run_id": runs[number]}
+
+    name = tracker.register_front([row(0, 50.0, True), row(1, 60.0, True), row(2, 70.0, True, feasible=False)])
+    assert name == "reg-study-x"
+    versions = _registered(tmp_path, name)
+    assert set(versions) == {0, 1} and {v.tags["pareto"] for v in versions.values()} == {"true"}
+    assert all(v.source == f"models:/{v.tags['model_id']}" and v.run_id == runs[n] for n, v in versions.items())
+    assert mlflow.get_tracking_uri() != f"sqlite:///{tmp_path}/mlflow.db"  # the global URI is left as it was
+    assert tracker.client.get_model_version_by_alias(name, "pareto-best-top1").version == versions[1].version
+
+    tracker.register_front([row(0, 50.0, True), row(1, 60.0, False), row(2, 70.0, True, feasible=False)])
+    again = _registered(tmp_path, name)
+    assert {n: v.version for n, v in again.items()} == {n: v.version for n, v in versions.items()}  # none twice
+    assert again[0].tags["pareto"] == "true" and again[1].tags["pareto"] == "false"
+    assert tracker.client.get_model_version_by_alias(name, "pareto-best-top1").version == versions[0].version
+    assert Tracker.disabled().register_front([row(0, 50.0, True)]) is None
