@@ -26,8 +26,31 @@ def objective_names(study: optuna.Study) -> list[str]:
     return list(study.metric_names or [f"objective{i}" for i in range(len(study.directions))])
 
 
+# a constraint's name (`trial.set_constraint`, see objective.py) -> what an infeasible trial breaks
+CONSTRAINT_LABELS = {"flops_budget": "FLOP budget", "max_latency_ms": "latency threshold",
+                     "min_top1": "top-1 threshold"}
+
+
 def is_feasible(trial: FrozenTrial) -> bool:
     return all(v <= 0 for v in trial.constraints.values())
+
+
+def violated(trial: FrozenTrial) -> list[str]:
+    """The names of the constraints a trial breaks (value > 0), in the order they were set."""
+    return [name for name, v in trial.constraints.items() if v > 0]
+
+
+def violation(trial: FrozenTrial) -> float:
+    """How far a trial is from feasible: the sum of its positive constraint values (0 when feasible)."""
+    return sum(max(v, 0.0) for v in trial.constraints.values())
+
+
+def closest_infeasible(study: optuna.Study) -> FrozenTrial | None:
+    """When no complete trial is feasible, the one with the smallest total violation; None otherwise."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not trials or any(is_feasible(t) for t in trials):
+        return None
+    return min(trials, key=lambda t: (violation(t), t.number))
 
 
 def losses(values: Sequence[float], directions: Sequence[StudyDirection]) -> tuple[float, ...]:
@@ -85,6 +108,7 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "budget_group": str(t.user_attrs.get("budget_group", "all")),
             "pareto": t.number in on_front,
             "feasible": is_feasible(t),
+            "violates": " ".join(violated(t)),  # constraint names, "" when feasible
         }
         row |= dict(zip(names, t.values, strict=True))
         row["final_latency_ms"] = final.get(t.number)

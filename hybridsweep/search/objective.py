@@ -27,6 +27,8 @@ from hybridsweep.tracking import Tracker, TrackingError
 OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "params": "minimize", "flops": "minimize"}
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 CONSTRAINT = "flops_budget"
+LATENCY_CONSTRAINT = "max_latency_ms"  # search.max_latency_ms: latency - threshold
+TOP1_CONSTRAINT = "min_top1"  # search.min_top1: threshold - top-1
 
 
 def latency_key(cfg) -> str:
@@ -139,6 +141,8 @@ class Objective:
     tracker: Tracker
     output_dir: Path
     early_stop: EarlyStop = field(default_factory=EarlyStop)
+    max_latency_ms: float | None = None  # search.max_latency_ms: a constraint when set
+    min_top1: float | None = None  # search.min_top1: a constraint when set
     study: optuna.Study | None = None
     fatal: TrackingError | None = None  # set when the MLflow store broke: the search ends with it
 
@@ -223,7 +227,16 @@ class Objective:
             raise ValueError(f"an objective is not finite: {dict(zip(self.metric_keys, values, strict=True))}")
         ratio = m["flops"] / m["baseline/flops"]
         # <= 0 is feasible; the budget solver meets a budget to within its own tolerance
-        trial.set_constraint(CONSTRAINT, ratio - plan["budget"] * (1 + BUDGET_TOLERANCE))
+        constraints = {CONSTRAINT: ratio - plan["budget"] * (1 + BUDGET_TOLERANCE)}
+        if self.max_latency_ms is not None:  # the latency objective's figure, measured once per architecture
+            key = latency_key(cfg)
+            if key not in m:
+                raise KeyError(f"run_trial logged no {key} (search.max_latency_ms); it logged: {', '.join(sorted(m))}")
+            constraints[LATENCY_CONSTRAINT] = float(m[key]) - self.max_latency_ms
+        if self.min_top1 is not None:
+            constraints[TOP1_CONSTRAINT] = self.min_top1 - float(m["finetuned/top1"])
+        for name, value in constraints.items():  # before the trial completes: samplers and the front read them
+            trial.set_constraint(name, value)
         attrs = {
             "flops_ratio": ratio,
             "blocks_removed": result.plan.blocks,
@@ -238,5 +251,5 @@ class Objective:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         self.tracker.end_run(result.run_id, "FINISHED",
-                               {"optuna.feasible": str(ratio <= plan["budget"] * (1 + BUDGET_TOLERANCE)).lower()})
+                               {"optuna.feasible": str(all(v <= 0 for v in constraints.values())).lower()})
         return values

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from optuna.study import StudyDirection
 
-from hybridsweep.search.front import PLAN_KEYS
+from hybridsweep.search.front import CONSTRAINT_LABELS, PLAN_KEYS
 
 
 def _axes(names: Sequence[str], directions: Sequence[StudyDirection]) -> tuple[str, str | None]:
@@ -92,8 +92,15 @@ def _hover(row: dict, names: Sequence[str]) -> str:
     if row.get("flops_ratio") is not None:
         parts.append(f"FLOPs kept: {row['flops_ratio']:.3f}")
     if not row["feasible"]:
-        parts.append("infeasible (over the FLOP budget)")
+        parts.append(f"infeasible ({infeasible_reason(row)})")
     return "<br>".join(parts)
+
+
+def infeasible_reason(row: dict) -> str:
+    """Which constraints an infeasible row breaks, in words; rows without constraint names (older studies) had
+    only the FLOP budget."""
+    names = (row.get("violates") or "flops_budget").split()
+    return "breaks the " + ", ".join(CONSTRAINT_LABELS.get(n, n) for n in names)
 
 
 def plotly_figure(rows: Sequence[dict], names: Sequence[str], directions: Sequence[StudyDirection], title: str,

@@ -38,6 +38,9 @@ class StudyConfig(SearchConfig):
     budgets: list[float] | None = field(default_factory=lambda: [0.5, 0.75])  # budget.flops choices; one Pareto
     # front per budget; the FLOP budget is a constraint
     budget_range: list[float] | None = None  # search budget.flops continuously instead (one front)
+    # thresholds, constraints like the FLOP budget: a trial over either is infeasible (off the front, not registered)
+    max_latency_ms: float | None = None  # the latency objective's figure (ms, per architecture) must be <= this
+    min_top1: float | None = None  # top-1 after fine-tuning (%, in (0, 100]) must be >= this
     orders: list[str] | None = field(default_factory=lambda: list(ORDERS))
     criteria: list[str] | None = field(default_factory=lambda: ["l1", "l2", "fmrank", "bnscale", "taylor"])
     lr: list[float] | None = field(default_factory=lambda: [0.001, 0.05])  # finetune.lr, on a log scale
@@ -78,6 +81,10 @@ class StudyConfig(SearchConfig):
         if self.budget_range is not None and not (self.budget_range[0] > 0.0 and self.budget_range[1] <= 1.0):
             raise UserError(f"search.budget_range={self.budget_range} is out of range: budgets are the fraction of "
                             "the baseline's FLOPs to keep, in (0, 1]")
+        if self.max_latency_ms is not None and not self.max_latency_ms > 0:
+            raise UserError(f"search.max_latency_ms={self.max_latency_ms:g} is invalid: it must be > 0 (ms)")
+        if self.min_top1 is not None and not 0.0 < self.min_top1 <= 100.0:
+            raise UserError(f"search.min_top1={self.min_top1:g} is out of range: top-1 is a percentage in (0, 100]")
         if self.lr is not None and self.lr[0] <= 0:
             raise UserError(f"search.lr={self.lr} is invalid: learning rates are > 0 (searched on a log scale)")
         if self.budgets is not None:

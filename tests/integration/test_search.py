@@ -134,6 +134,33 @@ def test_three_trial_study_is_linked_to_mlflow_with_the_front(three_trials, work
     assert len(lines) == 5 and lines[1].split(",")[1] == "baseline (unpruned)"
 
 
+def test_a_latency_threshold_no_trial_meets_leaves_the_front_empty_and_names_the_closest(
+        shared_data, test_cache, workdir, capsys):
+    storage = f"sqlite:///{workdir}/threshold.db"
+    # 0.001 ms: far below what any pruned ResNet-20 measures, so every trial breaks it
+    args = _args(shared_data, test_cache, workdir, storage, "search.n_trials=2", "search.study_name=threshold",
+                 "search.max_latency_ms=0.001", "search.register=false")
+    study = _search(args)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 2
+    for t in complete:
+        assert t.constraints["max_latency_ms"] > 0 and "min_top1" not in t.constraints
+        assert t.constraints["max_latency_ms"] == pytest.approx(t.values[1] - 0.001)  # the latency objective
+    from hybridsweep.search.front import front_rows
+
+    rows = front_rows(study)
+    assert rows and not any(r["pareto"] or r["feasible"] for r in rows)
+    assert all("max_latency_ms" in r["violates"].split() for r in rows)
+    out = capsys.readouterr().out
+    (line,) = [ln for ln in out.splitlines() if "no complete trial meets the constraints" in ln]
+    closest = min(complete, key=lambda t: sum(max(v, 0) for v in t.constraints.values()))
+    assert f"the closest is trial {closest.number} (" in line and "latency threshold by" in line
+    html = (workdir / "out" / "threshold" / "front.html").read_text()
+    assert "breaks the latency threshold" in html
+    children = _split(_runs(workdir, "threshold"))[1]
+    assert {r.data.tags["optuna.feasible"] for r in children} == {"false"}
+
+
 def test_the_front_is_honest_one_latency_per_architecture_baseline_and_final_pass(three_trials, workdir):
     study, _, storage = three_trials
     reloaded = optuna.load_study(study_name="three", storage=storage)

@@ -73,3 +73,24 @@ def test_after_the_final_pass_the_front_is_drawn_from_the_remeasured_trials(stud
     # trial 2 is now faster than trial 1; trial 3 was not re-measured
     assert {n: r["pareto"] for n, r in rows.items()} == {0: True, 1: True, 2: True, 3: False, 4: False, 5: False}
     assert rows[2]["final_latency_ms"] == 2.0 and rows[2]["latency/cpu/median_ms"] == 4.0  # per-trial figure kept
+
+
+def test_rows_name_the_constraints_an_infeasible_trial_breaks_and_the_closest_is_the_least_violating():
+    from hybridsweep.search.front import closest_infeasible
+    from hybridsweep.search.plots import infeasible_reason
+
+    study = optuna.create_study(storage=None, study_name="t", directions=["maximize", "minimize"])
+    for constraints in ({"flops_budget": -0.01, "max_latency_ms": 0.5, "min_top1": 2.0},
+                        {"flops_budget": 0.1, "max_latency_ms": 0.2},
+                        {"flops_budget": -0.01, "max_latency_ms": -0.1}):
+        study.add_trial(create_trial(state=TrialState.COMPLETE, values=[80, 1.0], constraints=constraints,
+                                     user_attrs={"budget_group": "0.5"}))
+    rows = {r["trial"]: r for r in front_rows(study)}
+    assert [rows[n]["violates"] for n in range(3)] == ["max_latency_ms min_top1", "flops_budget max_latency_ms", ""]
+    assert infeasible_reason(rows[0]) == "breaks the latency threshold, top-1 threshold"
+    assert infeasible_reason({"feasible": False}) == "breaks the FLOP budget"  # rows of older studies
+    assert closest_infeasible(study) is None  # trial 2 is feasible
+    lone = optuna.create_study(storage=None, directions=["maximize", "minimize"])
+    for t in study.trials[:2]:
+        lone.add_trial(t)
+    assert closest_infeasible(lone).number == 1  # 0.3 over in all, against 2.5

@@ -106,3 +106,21 @@ def test_everything_fixed_leaves_no_space():
     with pytest.raises(UserError, match="the search space is empty"):
         space_of("search=nsga2", "+criterion=l1", "depth_share=0.5", "budget.flops=0.5", "order=layer_first",
                  "finetune.lr=0.01")
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("search.max_latency_ms=0", r"search\.max_latency_ms=0 is invalid: it must be > 0"),
+    ("search.max_latency_ms=-1.5", r"search\.max_latency_ms=-1\.5 is invalid"),
+    ("search.min_top1=0", r"search\.min_top1=0 is out of range: top-1 is a percentage in \(0, 100\]"),
+    ("search.min_top1=100.5", r"search\.min_top1=100\.5 is out of range"),
+])
+def test_the_thresholds_are_range_checked(override, message):
+    with pytest.raises(UserError, match=message):
+        checked(compose_config("search=nsga2", override).search)
+
+
+def test_thresholds_default_to_none_and_take_values_in_range():
+    assert (checked(compose_config("search=nsga2").search).max_latency_ms,
+            checked(compose_config("search=nsga2").search).min_top1) == (None, None)
+    settings = checked(compose_config("search=nsga2", "search.max_latency_ms=2.5", "search.min_top1=100").search)
+    assert (settings.max_latency_ms, settings.min_top1) == (2.5, 100.0)
