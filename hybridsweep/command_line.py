@@ -3,6 +3,7 @@ ends with one line naming the nearest real one (Hydra's own errors are a page lo
 silently). Overrides are read with Hydra's own parser."""
 
 import difflib
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,34 +86,35 @@ def _flatten(value: Any, prefix: str = "") -> set[str]:
     return keys
 
 
-def list_keys() -> set[str]:
-    """The schema settings that hold a list (`search.criteria`, `search.budgets`, ...): a scalar there is a
-    five-line Hydra error, so it is caught first."""
-    def walk(node: DictConfig, prefix: str) -> set[str]:
-        keys = set()
+@functools.cache
+def _schema_nodes() -> dict[str, bool]:
+    """Every setting the structured schemas declare (root and every group's), mapped to whether it holds a list;
+    walked once per process."""
+    def walk(node: DictConfig, prefix: str) -> dict[str, bool]:
+        found = {}
         for key in node:
             child = node._get_node(key)
-            if isinstance(child, ListConfig):
-                keys.add(prefix + str(key))
-            elif isinstance(child, DictConfig) and not child._is_none():
-                keys |= walk(child, f"{prefix}{key}.")
-        return keys
+            found[prefix + str(key)] = isinstance(child, ListConfig)
+            if isinstance(child, DictConfig) and not child._is_none():
+                found |= walk(child, f"{prefix}{key}.")
+        return found
 
-    keys = walk(OmegaConf.structured(Config), "")
+    nodes = walk(OmegaConf.structured(Config), "")
     for group, schemas in group_schemas().items():
         for schema in schemas.values():
-            keys |= walk(OmegaConf.structured(schema), f"{group}.")
-    return keys
+            nodes |= walk(OmegaConf.structured(schema), f"{group}.")
+    return nodes
 
 
 def schema_keys() -> set[str]:
-    """The settings the structured schemas declare (root and every group's): they always exist, so Hydra refuses
-    `+key` for them."""
-    keys = _flatten(OmegaConf.to_container(OmegaConf.structured(Config)))
-    for group, schemas in group_schemas().items():
-        for schema in schemas.values():
-            keys |= _flatten(OmegaConf.to_container(OmegaConf.structured(schema)), f"{group}.")
-    return keys
+    """The settings the structured schemas declare: they always exist, so Hydra refuses `+key` for them."""
+    return set(_schema_nodes())
+
+
+def list_keys() -> set[str]:
+    """The schema settings that hold a list (`search.criteria`, `search.budgets`, ...): a scalar there is a
+    five-line Hydra error, so it is caught first."""
+    return {key for key, is_list in _schema_nodes().items() if is_list}
 
 
 def known_keys(conf: Path) -> set[str]:

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from hybridsweep.config import checked, output_dir
 from hybridsweep.errors import UserError, first_line
 from hybridsweep.redaction import redact
-from hybridsweep.search.front import CONSTRAINT_LABELS, closest_infeasible
+from hybridsweep.search.front import CONSTRAINT_LABELS, closest_infeasible, violated
 from hybridsweep.search.objective import Objective, compose_trial_config, objective_metrics, trial_base_overrides
 from hybridsweep.search.progress import FINISHED, AfterTrial
 from hybridsweep.search.report import baseline_row, front_rows, front_table, objective_names, study_title
@@ -272,16 +272,10 @@ def final_pass(study: optuna.Study, cfg, tracker: Tracker) -> None:
 # --- 3. summarise: the front, where to look, and why the run stopped --------------------------------------------
 
 
-def thresholds(settings: StudyConfig) -> list[str]:
-    """The thresholds set, as `search.NAME=VALUE`."""
-    return [f"search.{k}={getattr(settings, k):g}" for k in ("max_latency_ms", "min_top1")
-            if getattr(settings, k) is not None]
-
-
 def closest_line(trial: optuna.trial.FrozenTrial, names: Sequence[str]) -> str:
     """One line: no complete trial met the constraints, and the one that came closest, with its figures."""
     values = ", ".join(f"{n} {v:.4g}" for n, v in zip(names, trial.values, strict=True))
-    over = ", ".join(f"{CONSTRAINT_LABELS.get(n, n)} by {v:.4g}" for n, v in trial.constraints.items() if v > 0)
+    over = ", ".join(f"{CONSTRAINT_LABELS.get(n, n)} by {trial.constraints[n]:.4g}" for n in violated(trial))
     return (f"search: no complete trial meets the constraints; the closest is trial {trial.number} ({values}; "
             f"misses the {over})")
 
@@ -294,7 +288,8 @@ def summarise(run: OpenStudy, after: AfterTrial, files: list[Path], seconds: flo
     print(f"search: {study_title(study, rows)} ({seconds:.0f} s here)\n"
           f"  front: {' '.join(str(f) for f in files)}\n"
           f"  MLflow: {mlflow}; Optuna: optuna-dashboard {run.shown_storage}")
-    closest = closest_infeasible(study) if thresholds(run.settings) else None
+    thresholds = run.settings.max_latency_ms is not None or run.settings.min_top1 is not None
+    closest = closest_infeasible(study) if thresholds else None
     if closest is not None:
         print(closest_line(closest, objective_names(study)))
     max_failures = run.settings.max_consecutive_failures
