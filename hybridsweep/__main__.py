@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from hybridsweep import conf_dir
-from hybridsweep.command_line import check_group_choices, check_keys
+from hybridsweep.command_line import check_group_choices, check_keys, expand_shorthands
 from hybridsweep.config import register_configs, validate
 from hybridsweep.errors import UserError
 
@@ -42,6 +42,7 @@ def _job(cfg: DictConfig):
 def main() -> None:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    sys.argv[1:] = expand_shorthands(sys.argv[1:])  # Hydra reads sys.argv
     try:
         check_group_choices(sys.argv[1:], conf_dir())
         check_keys(sys.argv[1:], conf_dir())

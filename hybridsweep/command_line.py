@@ -17,6 +17,19 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from hybridsweep.config import Config, group_schemas
 from hybridsweep.errors import UserError
 
+# Shorthands for the one setting of a node a user names most: `pick=knee` means `pick.rule=knee` (the node also
+# holds pick.max_latency_ms, and OmegaConf cannot type "a string or a node").
+SHORTHANDS = {"pick": "pick.rule"}
+
+
+def expand_shorthands(args: Sequence[str]) -> list[str]:
+    """The command line with each `pick=VALUE` written out as `pick.rule=VALUE` (sweeps too: pick=knee,fastest)."""
+    expanded = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        expanded.append(f"{SHORTHANDS[key]}={value}" if sep and key in SHORTHANDS else arg)
+    return expanded
+
 
 def parse_overrides(args: Sequence[str]) -> list[Override]:
     """The overrides of a command line, parsed by Hydra's own grammar; flags (-m, --cfg job) and what does not

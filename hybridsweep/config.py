@@ -17,7 +17,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from hybridsweep.errors import UserError
 
-TASKS = ("prune", "evaluate", "train_baseline", "latency", "calibrate", "search", "report", "experiment",
+TASKS = ("prune", "evaluate", "train_baseline", "latency", "calibrate", "search", "report", "export", "experiment",
          "experiment_report")
 ORDERS = ("layer_first", "channel_first")
 
@@ -119,6 +119,38 @@ class CalibrationConfig:
 
 
 @dataclass
+class PickConfig:
+    """task=export: which trial of the study. `pick=knee` on the command line is short for `pick.rule=knee`."""
+
+    rule: str = "knee"  # knee | max_top1 | fastest | trial:N (see hybridsweep/search/pick.py)
+    max_latency_ms: float | None = None  # only front trials at or under this latency (ms) are candidates
+
+    def __post_init__(self):
+        from hybridsweep.search.pick import parse_rule
+
+        parse_rule(self.rule)
+        if self.max_latency_ms is not None and not self.max_latency_ms > 0:
+            raise UserError(f"pick.max_latency_ms={self.max_latency_ms:g} is invalid: it must be > 0 (ms)")
+
+
+@dataclass
+class ExportConfig:
+    """task=export: where the deployable files go and how the TensorRT engine is built."""
+
+    dir: str = "export"  # export/<study>-<trial>/ is written under this folder
+    engine: str = "auto"  # auto: local TensorRT when it and a GPU are here | local | jetson (trtexec over SSH,
+    # with the latency=jetson settings) | none
+    fp16: bool = True  # build the engine with FP16 kernels allowed
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise UserError(f"export.engine={self.engine} is unknown; choose one of: {', '.join(ENGINES)}")
+
+
+ENGINES = ("auto", "local", "jetson", "none")
+
+
+@dataclass
 class LatencyConfig:
     """`latency=NAME` (conf/latency/): the backend, and what stands in when its device cannot measure. Each
     backend's schema adds the backend's own settings (`latency_schemas`)."""
@@ -176,6 +208,8 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    pick: PickConfig = field(default_factory=PickConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 @functools.cache
@@ -299,6 +333,9 @@ def validate(cfg: DictConfig) -> None:
         checked(cfg.criterion)
     if cfg.task in ("prune", "search", "latency", "calibrate", "experiment"):
         checked(cfg.latency)
+    if cfg.task == "export":
+        checked(cfg.pick)
+        checked(cfg.export)
 
 
 def checked(node: DictConfig) -> Any:

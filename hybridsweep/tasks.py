@@ -134,6 +134,13 @@ def report(cfg: DictConfig) -> dict:
     return {"files": [str(p) for p in report_from_config(cfg)]}
 
 
+def export(cfg: DictConfig) -> dict:
+    """One trial of a finished search as deployable files: task=export search.study_name=NAME pick=knee."""
+    from hybridsweep.deploy import export_trial
+
+    return {"folder": str(export_trial(cfg))}
+
+
 TASKS = {
     "prune": prune,
     "evaluate": evaluate_baseline,
@@ -142,6 +149,7 @@ TASKS = {
     "calibrate": calibrate,
     "search": search,
     "report": report,
+    "export": export,
     "experiment": experiment,
     "experiment_report": experiment_report,
 }

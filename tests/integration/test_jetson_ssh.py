@@ -50,14 +50,17 @@ TRT_8_2_RUN = """\
 &&&& PASSED TensorRT.trtexec [TensorRT v8201] # /usr/src/tensorrt/bin/trtexec --onnx=model.onnx --fp16
 """  # noqa: E501
 
-# Checks what the backend must pass, records the argv beside itself, then prints the run above.
+# Checks what the backend must pass, records the argv beside itself, writes an "engine" when asked to save one,
+# then prints the run above.
 GOOD_TRTEXEC = f"""#!/bin/sh
 printf '%s\\n' "$@" > "$(dirname "$0")/args.txt"
 onnx=""
+engine=""
 for arg in "$@"; do
-  case "$arg" in --onnx=*) onnx="${{arg#--onnx=}}" ;; esac
+  case "$arg" in --onnx=*) onnx="${{arg#--onnx=}}" ;; --saveEngine=*) engine="${{arg#--saveEngine=}}" ;; esac
 done
 [ -s "$onnx" ] || {{ echo "[E] Cannot open ONNX file: $onnx"; exit 2; }}
+[ -z "$engine" ] || printf 'engine of %s' "$(basename "$onnx")" > "$engine"
 for flag in --fp16 --workspace=1024 --percentile=90; do
   case " $* " in *" $flag "*) ;; *) echo "[E] missing $flag"; exit 3 ;; esac
 done
@@ -309,3 +312,28 @@ def test_fallback_covers_a_failed_run_but_not_a_mistake(device, tmp_path, capsys
             measure_or_fallback(model, {**with_fallback, setting: value}, input_shape=SAMPLE)
         assert type(caught.value) is UserError, setting
     assert "warning" not in capsys.readouterr().err
+
+
+def test_task_export_builds_the_engine_on_the_device_and_fetches_it(device, tmp_path):
+    """export.engine=jetson: trtexec on the device builds the engine (with the latency=jetson flags) and the file
+    comes back; nothing is left in remote_dir."""
+    from hybridsweep.deploy import build_engine
+    from tests.helpers import compose_config
+
+    install_trtexec(device, GOOD_TRTEXEC)
+    cfg = compose_config("task=export", "export.engine=jetson", "latency=jetson",
+                         *(f"latency.{k}={v}" for k, v in settings(device, tmp_path).items()))
+    out = tmp_path / "model.engine"
+    engine = build_engine(cfg, small_net(), SAMPLE, out)
+
+    argv = (device.trtexec.parent / "args.txt").read_text().splitlines()
+    onnx_name = Path(argv[0].removeprefix("--onnx=")).name
+    assert argv[-1] == f"--saveEngine={device.remote_dir}/{onnx_name.removesuffix('.onnx')}.engine"
+    assert "--fp16" in argv and "--workspace=1024" in argv  # the device's own latency settings
+    assert engine.path == out and out.read_text() == f"engine of {onnx_name}"
+    assert engine.facts["tensorrt"] == "8.2.1" and engine.facts["device_median_ms"] == "13.67"
+    assert list(device.remote_dir.iterdir()) == []  # the model and the engine are removed there
+
+    ratio_only = compose_config("task=export", "export.engine=jetson")
+    with pytest.raises(UserError, match="export.engine=jetson builds on the device of latency=jetson"):
+        build_engine(ratio_only, small_net(), SAMPLE, out)

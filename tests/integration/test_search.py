@@ -535,3 +535,63 @@ def test_register_front_follows_the_front_and_registers_a_trial_once(tmp_path):
     assert again[0].tags["pareto"] == "true" and again[1].tags["pareto"] == "false"
     assert tracker.client.get_model_version_by_alias(name, "pareto-best-top1").version == versions[0].version
     assert Tracker.disabled().register_front([row(0, 50.0, True)]) is None
+
+
+def test_task_export_writes_the_knee_trial_ready_to_deploy(three_trials, workdir):
+    """The acceptance command: `task=export search.study_name=... pick=knee` on the 3-trial study writes the knee
+    trial's ONNX (equal to its saved PyTorch model in ONNX Runtime on real test images), state dict, plan and a
+    model card naming it; no GPU here, so the card says why there is no engine."""
+    import onnxruntime as ort
+    import torch
+
+    from hybridsweep.artifacts import load_pruned
+    from hybridsweep.baseline import build_architecture
+    from hybridsweep.data.batches import eval_batches
+    from hybridsweep.search.pick import pick
+    from hybridsweep.workbench import Workbench
+
+    study, args, storage = three_trials
+    out = subprocess.run(
+        [sys.executable, "-m", "hybridsweep", "task=export", f"search.storage={storage}", "search.study_name=three",
+         "pick=knee", f"export.dir={workdir}/export"],
+        cwd=workdir, capture_output=True, text=True, timeout=600, env=_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    knee = pick(study, "knee").row
+    folder = workdir / "export" / f"three-{knee['trial']}"
+    assert knee["pareto"] and f"export: trial {knee['trial']} of study three (pick=knee" in out.stdout
+    assert {p.name for p in folder.iterdir()} == {"model.onnx", "model.pt", "plan.json", "MODEL_CARD.md"}
+
+    cfg = compose_config(*args)
+    ds = Workbench(cfg.paths.cache_dir).dataset(cfg)
+    model, plan = load_pruned(build_architecture(cfg.model, len(ds.classes)), folder)
+    images, _ = next(eval_batches(ds, 8, device="cpu", channels_last=False))
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(None, {"input": images.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(onnx_logits), model.eval()(images), rtol=0, atol=1e-4)
+
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert card.startswith(f"# three, trial {knee['trial']}: a pruned resnet20 for {cfg.data.name}")
+    assert f"MLflow run `{knee['mlflow_run_id']}`" in card
+    assert "| top-1 (%) | " in card and f"{knee['finetuned/top1']:.2f}" in card
+    assert f"{plan.blocks} residual block(s) removed" in card
+    assert "no TensorRT engine: not built here (" in card
+    trial = study.get_trials(deepcopy=False)[knee["trial"]]
+    assert " ".join(trial.user_attrs["overrides"]) in card  # the command that reproduces it
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["search.study_name=nope"], r"search.study_name=nope: no such study; .* holds: .*three"),
+    (["search.study_name=three", "pick=trial:99"], r"pick=trial:99: study three has no trial 99"),
+    (["search.study_name=three", "pick=fastest", "pick.max_latency_ms=0.0001"],
+     r"pick.max_latency_ms=0.0001: no front trial of study three is that fast; the fastest is trial \d+"),
+])
+def test_task_export_bad_input_is_one_line(three_trials, workdir, extra, message):
+    from hybridsweep.tasks import run_task
+
+    _, _, storage = three_trials
+    cfg = compose_config("task=export", f"search.storage={storage}", f"export.dir={workdir}/export-bad",
+                         *(arg.replace("pick=", "pick.rule=") for arg in extra))
+    with pytest.raises(UserError, match=message):
+        run_task(cfg)
+    assert not (workdir / "export-bad").exists()

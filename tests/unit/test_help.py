@@ -37,7 +37,7 @@ def test_help_lists_each_group_with_exactly_its_options(help_text):
 
 def test_help_shows_examples_and_the_composed_config_without_hydra_branding(help_text):
     assert "python -m hybridsweep +criterion=fmrank search=nsga2 budget.flops=0.75" in help_text
-    assert len(re.findall(r"^  python -m hybridsweep ", help_text, flags=re.MULTILINE)) == 5
+    assert len(re.findall(r"^  python -m hybridsweep ", help_text, flags=re.MULTILINE)) == 6
     assert "\n  name: resnet56\n" in help_text  # the composed config's model
     assert "base_" not in help_text
     assert "powered by hydra" not in help_text.lower()

@@ -2,7 +2,8 @@
 
 Our package cannot run on the TX2 (JetPack 4.6: Python 3.6, TensorRT 8.2), so the device needs only sshd and
 trtexec. The ONNX file is copied over SFTP, trtexec builds and times an engine, and its performance summary is
-parsed; the device's model, L4T release, power mode and TensorRT version go into the facts.
+parsed; the device's model, L4T release, power mode and TensorRT version go into the facts. `build_engine` runs
+the same command with --saveEngine and copies the engine back (`task=export export.engine=jetson`).
 
 The connection (known_hosts checked, keys only, argv quoted, never a shell string) is `ssh.RemoteHost`.
 
@@ -60,46 +61,61 @@ class JetsonLatency(JetsonSettings):
 
     def measure(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> LatencyResult:
         """Served from the cache when this model was measured with these flags on this host before."""
-        opset = self.opset or (13 if self.trt_major == 8 else 17)
-        # TensorRT 11 has no --fp16: networks are strongly typed, so FP16 must be in the ONNX file itself.
-        onnx_dtype = torch.float16 if self.precision == "fp16" and self.trt_major >= 11 else torch.float32
         cache = Cache(self.cache_dir)
         with tempfile.TemporaryDirectory(prefix="hybridsweep-jetson-") as tmp:
-            onnx_path = export_onnx(
-                model,
-                Path(tmp) / "model.onnx",
-                input_shape=input_shape,
-                batch_size=self.batch_size,
-                opset=opset,
-                dynamic_batch=False,
-                dtype=onnx_dtype,
-            )
+            onnx_path, opset = self._export(model, input_shape, Path(tmp))
             onnx_sha = file_digest(onnx_path)
             remote_onnx = posixpath.join(self.remote_dir, f"{onnx_sha[:24]}.onnx")
-            argv = trtexec_command(
-                self.trtexec,
-                remote_onnx,
-                precision=self.precision,
-                workspace_mb=self.workspace_mb,
-                trt_major=self.trt_major,
-                warmup_ms=self.warmup_ms,
-                duration_s=self.duration_s,
-                iterations=self.iterations,
-            )
+            argv = self._trtexec_argv(remote_onnx)
 
             def measure_on_device() -> dict:
-                with file_lock(cache.root / NAMESPACE / f"host-{digest(self.host, self.port)}.lock"):
+                with file_lock(self._host_lock(cache)):
                     result = self._run_trtexec(onnx_path, remote_onnx, argv, opset)
                 return asdict(result)
 
             record = cache.get_or_build(NAMESPACE, digest(onnx_sha, argv, self.host, self.port), measure_on_device)
         return LatencyResult(**record)
 
-    def _run_trtexec(self, onnx_path: Path, remote_onnx: str, argv: list[str], opset: int) -> LatencyResult:
+    def build_engine(self, model: nn.Module, *, input_shape: tuple[int, ...], out_path: Path) -> dict[str, str]:
+        """Build `model`'s engine on the device with its own trtexec (an engine runs only on the TensorRT and
+        GPU that built it) and copy it to `out_path`. Returns the device's facts, with the engine's median
+        latency there (`device_median_ms`), since trtexec times what it builds."""
+        with tempfile.TemporaryDirectory(prefix="hybridsweep-jetson-") as tmp:
+            onnx_path, opset = self._export(model, input_shape, Path(tmp))
+            remote_onnx = posixpath.join(self.remote_dir, f"{file_digest(onnx_path)[:24]}.onnx")
+            remote_engine = remote_onnx.removesuffix(".onnx") + ".engine"
+            argv = [*self._trtexec_argv(remote_onnx), f"--saveEngine={remote_engine}"]
+            with file_lock(self._host_lock(Cache(self.cache_dir))):
+                result = self._run_trtexec(onnx_path, remote_onnx, argv, opset, fetch=(remote_engine, out_path))
+        return {**result.facts, "device_median_ms": f"{result.median_ms:.4g}"}
+
+    def _export(self, model: nn.Module, input_shape: tuple[int, ...], folder: Path) -> tuple[Path, int]:
+        opset = self.opset or (13 if self.trt_major == 8 else 17)
+        # TensorRT 11 has no --fp16: networks are strongly typed, so FP16 must be in the ONNX file itself.
+        onnx_dtype = torch.float16 if self.precision == "fp16" and self.trt_major >= 11 else torch.float32
+        path = export_onnx(model, folder / "model.onnx", input_shape=input_shape, batch_size=self.batch_size,
+                           opset=opset, dynamic_batch=False, dtype=onnx_dtype)
+        return path, opset
+
+    def _trtexec_argv(self, remote_onnx: str) -> list[str]:
+        return trtexec_command(self.trtexec, remote_onnx, precision=self.precision, workspace_mb=self.workspace_mb,
+                               trt_major=self.trt_major, warmup_ms=self.warmup_ms, duration_s=self.duration_s,
+                               iterations=self.iterations)
+
+    def _host_lock(self, cache: Cache) -> Path:
+        """One measurement or build on a device at a time from this machine."""
+        return cache.root / NAMESPACE / f"host-{digest(self.host, self.port)}.lock"
+
+    def _run_trtexec(self, onnx_path: Path, remote_onnx: str, argv: list[str], opset: int,
+                     fetch: tuple[str, Path] | None = None) -> LatencyResult:
+        """Copy the ONNX file, run `argv`, read the summary; `fetch` (remote, local) copies a file trtexec wrote
+        back here (and removes it there)."""
         with closing(self._connect()) as device:
             try:
                 status, output = self._copy_and_run(device, onnx_path, remote_onnx, argv)
                 facts = self._device_facts(device) if status == 0 else {}
+                if status == 0 and fetch is not None:
+                    device.fetch(*fetch)
             except PermissionError as exc:  # SFTP refused the write: remote_dir belongs to someone else
                 raise UserError(
                     f"latency.remote_dir: cannot write {remote_onnx} on {self.target} ({exc}); set "

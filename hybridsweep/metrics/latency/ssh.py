@@ -173,6 +173,16 @@ class RemoteHost:
                     sftp.remove(remote_path)
 
 
+    def fetch(self, remote_path: str, local_path: Path) -> None:
+        """`remote_path` copied here over SFTP, then removed there."""
+        with closing(self.client.open_sftp()) as sftp:
+            try:
+                sftp.get(remote_path, str(local_path))
+            finally:
+                with suppress(OSError, paramiko.SSHException):
+                    sftp.remove(remote_path)
+
+
 def _recv(channel: paramiko.Channel, deadline: float) -> bytes:
     remaining = deadline - time.monotonic()
     if remaining <= 0:

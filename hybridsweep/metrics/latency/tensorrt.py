@@ -66,12 +66,7 @@ class TensorRTLatency(TimedBackend):
     def timers(self, models: Mapping[str, nn.Module], input_shape: tuple[int, ...]):
         trt = import_tensorrt()
         require_cuda(self.name)
-        major, minor = (int(part) for part in trt.__version__.split(".")[:2])
-        if (major, minor) < (8, 6):
-            raise UserError(
-                f"latency=tensorrt needs TensorRT 8.6 or later, found {trt.__version__}; for a Jetson with "
-                "TensorRT 8.2 use latency=jetson, which drives the device's trtexec"
-            )
+        major = tensorrt_major(trt)
         device = torch.device(self.device)
         stream = torch.cuda.Stream(device)
         held: list = []  # (runtime, engine, context, buffers) per model, released in reverse order
@@ -127,26 +122,65 @@ class TensorRTLatency(TimedBackend):
 
     def _build_engine(self, trt, major: int, onnx_bytes: bytes):
         logger = trt.Logger(trt.Logger.WARNING)
-        builder = trt.Builder(logger)
-        # Explicit batch is the only mode from TensorRT 10 on; 8.x still needs the flag.
-        flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse(onnx_bytes):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise UserError(
-                f"latency=tensorrt: TensorRT {trt.__version__} cannot parse the exported ONNX "
-                f"(opset {self.opset}): {errors}; try another latency.opset"
-            )
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mb << 20)
-        if self.precision == "fp16" and major < 11:
-            config.set_flag(trt.BuilderFlag.FP16)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise UserError(
-                f"latency=tensorrt: TensorRT {trt.__version__} could not build an engine; its log above says "
-                "why (often too little workspace: raise latency.workspace_mb)"
-            )
+        serialized = serialized_engine(trt, major, onnx_bytes, fp16=self.precision == "fp16",
+                                       workspace_mb=self.workspace_mb, setting="latency")
         runtime = trt.Runtime(logger)
         return runtime, runtime.deserialize_cuda_engine(serialized)
+
+
+def tensorrt_major(trt, setting: str = "latency=tensorrt") -> int:
+    """TensorRT's major version; 8.6 is the oldest whose Python API this module speaks."""
+    major, minor = (int(part) for part in trt.__version__.split(".")[:2])
+    if (major, minor) < (8, 6):
+        raise UserError(
+            f"{setting} needs TensorRT 8.6 or later, found {trt.__version__}; for a Jetson with "
+            "TensorRT 8.2 use the jetson backend, which drives the device's trtexec"
+        )
+    return major
+
+
+def serialized_engine(trt, major: int, onnx_bytes: bytes, *, fp16: bool, workspace_mb: int, setting: str):
+    """The engine TensorRT builds from an ONNX file (what `trtexec --onnx --saveEngine` does), serialised.
+    `setting` names the config group the user tunes (`latency` or `export`) in the error messages."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Explicit batch is the only mode from TensorRT 10 on; 8.x still needs the flag.
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        hint = "; try another latency.opset" if setting == "latency" else ""
+        raise UserError(f"{setting}: TensorRT {trt.__version__} cannot parse the exported ONNX: {errors}{hint}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if fp16 and major < 11:  # TensorRT 11 has no FP16 flag: FP16 comes from the ONNX file's own types
+        config.set_flag(trt.BuilderFlag.FP16)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UserError(
+            f"{setting}: TensorRT {trt.__version__} could not build an engine; its log above says why"
+            + (" (often too little workspace: raise latency.workspace_mb)" if setting == "latency" else "")
+        )
+    return serialized
+
+
+def write_engine(model: nn.Module, path: Path, *, input_shape: tuple[int, ...], fp16: bool,
+                 workspace_mb: int = 1024, opset: int = 17) -> str:
+    """Build `model`'s TensorRT engine for batch 1 on this machine's GPU and write it to `path`; returns the
+    TensorRT version (an engine runs only with the version, and on the GPU model, that built it)."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise DeviceUnavailable("TensorRT is not installed: pip install 'hybridsweep[tensorrt]' on a machine with "
+                                "an NVIDIA GPU") from exc
+    if not torch.cuda.is_available():
+        raise DeviceUnavailable("torch sees no CUDA GPU, and an engine is built on the GPU it will run on")
+    major = tensorrt_major(trt, "export.engine=local")
+    with tempfile.TemporaryDirectory(prefix="hybridsweep-trt-") as tmp:
+        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", input_shape=input_shape, opset=opset,
+                                dynamic_batch=False, dtype=torch.float16 if fp16 and major >= 11 else torch.float32)
+        serialized = serialized_engine(trt, major, onnx_path.read_bytes(), fp16=fp16, workspace_mb=workspace_mb,
+                                       setting="export")
+    path.write_bytes(bytes(serialized))
+    return trt.__version__

@@ -1,0 +1,152 @@
+"""`task=export`: one trial of a finished search, as the files a user deploys.
+
+`python -m hybridsweep task=export search.study_name=NAME pick=knee` picks a trial (`search/pick.py`), fetches
+its pruned model from its MLflow run, and writes `<export.dir>/<study>-<trial>/`: `model.onnx` (checked against
+PyTorch in ONNX Runtime), `model.pt` + `plan.json` (reloadable with `weights_only=True`, see `artifacts.py`), a
+TensorRT engine where one can be built (`export.engine`), and `MODEL_CARD.md` (`model_card.py`). The study's own
+command line supplies the model, data and MLflow store, so the export needs neither the data set nor a GPU.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import optuna
+
+from hybridsweep.artifacts import PLAN_FILE, WEIGHTS_FILE, load_pruned
+from hybridsweep.errors import DeviceUnavailable, UserError
+from hybridsweep.export import check_onnx, export_onnx
+from hybridsweep.search.pick import pick
+
+ENGINE_FILE = "model.engine"
+
+
+@dataclass
+class Engine:
+    """What became of the TensorRT engine, for the model card."""
+
+    path: Path | None = None
+    facts: dict[str, str] = field(default_factory=dict)
+    note: str = ""  # why there is none, or how it was built
+
+
+def open_study(cfg) -> optuna.Study:
+    """`search.study_name` in `search.storage`; a missing or unknown name lists the studies there."""
+    from hybridsweep.search.storage import _local_file, open_storage
+
+    spec = str(cfg.search.storage)
+    local = _local_file(spec)
+    if local is not None and not local.is_file():
+        raise UserError(f"search.storage={spec}: no such study storage; point it at the search's "
+                        "(sqlite:///FILE.db, FILE.journal or postgresql://...)")
+    storage = open_storage(spec)
+    names = optuna.get_all_study_names(storage)
+    name = cfg.search.get("study_name")
+    if name not in names:
+        what = "needs search.study_name=NAME" if name is None else f"search.study_name={name}: no such study"
+        raise UserError(f"task=export {what}; {spec} holds: {', '.join(names) or 'no study'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def study_config(study: optuna.Study, cfg):
+    """The config the study's trials ran with (model, data, tracking); the current one for a study without it."""
+    from hybridsweep.redaction import HIDDEN
+    from hybridsweep.search.objective import compose_trial_config
+
+    command = study.user_attrs.get("base_overrides")
+    ran = compose_trial_config(command) if command else cfg
+    if HIDDEN in str(ran.tracking.uri):  # stored with its password hidden: this command line's has it
+        ran.tracking.uri = cfg.tracking.uri
+    return ran
+
+
+def export_trial(cfg) -> Path:
+    """Write the picked trial's deployable files; returns their folder."""
+    from hybridsweep.baseline import build_architecture
+    from hybridsweep.tracking import Tracker
+
+    study = open_study(cfg)
+    picked = pick(study, cfg.pick.rule, cfg.pick.max_latency_ms)
+    number = picked.row["trial"]
+    run_id = picked.row.get("mlflow_run_id")
+    ran = study_config(study, cfg)
+    if not run_id or not ran.tracking.enabled:
+        raise UserError(f"trial {number} of study {study.study_name} has no MLflow run (the search ran with "
+                        "tracking.enabled=false), so its model was not kept; export a search run with tracking on")
+    tracker = Tracker(str(ran.tracking.uri))
+    fetched = tracker.download_model(run_id)
+    meta = _meta(fetched)
+    model, plan = load_pruned(build_architecture(ran.model, meta["num_classes"]), fetched)
+    input_shape = _sample_shape(fetched / "model.onnx")
+
+    out = Path(cfg.export.dir) / f"{study.study_name}-{number}".replace("/", "-")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (PLAN_FILE, WEIGHTS_FILE):
+        shutil.copyfile(fetched / name, out / name)
+    onnx_path = export_onnx(model, out / "model.onnx", input_shape=input_shape)
+    onnx_error = check_onnx(model, onnx_path)
+    engine = build_engine(cfg, model, input_shape, out / ENGINE_FILE)
+
+    from hybridsweep.model_card import write_model_card
+
+    card = write_model_card(out, study=study, picked=picked, plan=plan, model=model, ran=ran,
+                            architecture=build_architecture(ran.model, meta["num_classes"]),
+                            run=tracker.client.get_run(run_id), input_shape=input_shape, onnx_error=onnx_error,
+                            engine=engine)
+    print(f"export: trial {number} of study {study.study_name} ({picked.why})\n  {out}/: "
+          + ", ".join(p.name for p in sorted(out.iterdir())) + f"\n  model card: {card}")
+    return out
+
+
+def build_engine(cfg, model, input_shape: tuple[int, ...], path: Path) -> Engine:
+    """The TensorRT engine `export.engine` asks for. `auto` builds locally when TensorRT and a GPU are here and
+    says why not otherwise; `local` and `jetson` fail with the reason instead."""
+    choice = cfg.export.engine
+    if choice == "none":
+        return Engine(note="not built (export.engine=none)")
+    if choice == "jetson":
+        from hybridsweep.config import to_plain
+        from hybridsweep.metrics.latency import LATENCY_BACKENDS
+
+        if cfg.latency.backend != "jetson":
+            raise UserError("export.engine=jetson builds on the device of latency=jetson: add latency=jetson "
+                            "latency.host=... (the same settings a search measures with)")
+        settings = {k: v for k, v in to_plain(cfg.latency).items() if k not in ("backend", "fallback",
+                                                                                 "fallback_profile")}
+        device = LATENCY_BACKENDS.build("jetson", **settings)
+        facts = device.build_engine(model, input_shape=input_shape, out_path=path)
+        return Engine(path, facts, f"built on {facts.get('device_model', device.host)} with its trtexec")
+    from hybridsweep.metrics.latency.tensorrt import write_engine
+
+    try:
+        version = write_engine(model, path, input_shape=input_shape, fp16=cfg.export.fp16)
+    except DeviceUnavailable as exc:
+        if choice == "local":
+            raise UserError(f"export.engine=local: {exc}") from exc
+        print(f"export: no TensorRT engine ({exc}); build one on the target with trtexec (see the model card)",
+              file=sys.stderr)
+        return Engine(note=f"not built here ({exc})")
+    import torch
+
+    return Engine(path, {"tensorrt": version, "gpu": torch.cuda.get_device_name(),
+                         "precision": "fp16" if cfg.export.fp16 else "fp32"}, "built here with TensorRT's Python API")
+
+
+def _meta(folder: Path) -> dict:
+    import json
+
+    meta = json.loads((folder / PLAN_FILE).read_text()).get("meta") or {}
+    if "num_classes" not in meta:
+        raise UserError(f"{folder / PLAN_FILE}: no meta.num_classes; the trial was saved by an older hybridsweep")
+    return meta
+
+
+def _sample_shape(onnx_path: Path) -> tuple[int, ...]:
+    """One sample's (C, H, W): the trial's own ONNX input without its batch axis."""
+    dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return tuple(int(d.dim_value) for d in dims[1:])
+
