@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from hybridsweep import conf_dir
-from hybridsweep.command_line import check_group_choices, check_keys
+from hybridsweep.command_line import check_group_choices, check_keys, expand_shorthands
 from hybridsweep.config import validate
 from hybridsweep.errors import UserError
 from tests.helpers import compose_config
@@ -70,6 +70,23 @@ def test_out_of_range_settings_name_the_setting(override, setting):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("override,message", [
+    ("pick.rule=best", "pick=best is unknown; choose one of: knee, max_top1, fastest, trial:N"),
+    ("pick.rule=trial:x", "pick=trial:x is unknown"),
+    ("pick.max_latency_ms=0", "pick.max_latency_ms=0 is invalid: it must be > 0 (ms)"),
+    ("export.engine=gpu", "export.engine=gpu is unknown; choose one of: auto, local, jetson, none"),
+])
+def test_export_settings_name_the_setting(override, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        validate(compose_config("task=export", override))
+
+
+def test_pick_is_short_for_pick_rule_and_nothing_else_is_rewritten():
+    assert expand_shorthands(["task=export", "pick=trial:3", "pick.max_latency_ms=2", "-m", "+pick2=x"]) == [
+        "task=export", "pick.rule=trial:3", "pick.max_latency_ms=2", "-m", "+pick2=x"]
+    assert expand_shorthands(["pick=knee,fastest"]) == ["pick.rule=knee,fastest"]
+
+
 def test_missing_criterion_lists_the_choices():
     with pytest.raises(UserError, match="add \\+criterion=NAME, one of: bnscale, fmrank, l1, l2, random, taylor"):
         validate(compose_config())
@@ -89,6 +106,7 @@ def test_unknown_group_option_is_one_line():
         (["+criterion=nope"], "error: criterion=nope is unknown"),
         (["+criterion=l1", "channel_ratio=1.5"], "error: channel_ratio=1.5 is out of range"),
         ([], "error: no pruning criterion chosen"),
+        (["task=export", "pick=best"], "error: pick=best is unknown"),
     ],
 )
 def test_cli_user_mistakes_exit_nonzero_without_traceback(args, needle, tmp_path):
