@@ -7,6 +7,10 @@ are told to the study as PRUNED, with their screen scores and the reason as user
 the study the user watches (optuna-dashboard) instead of being hidden. After three batches in a row in which no
 plan could join the front, the next batch fine-tunes its best-scored plan, so a search always progresses.
 
+With `search.max_latency_ms`, a plan whose screen latency already breaks it is screened out first (its reason
+says whether the figure was measured or predicted). `search.screen.latency=lut` then screens even with K=1: every
+plan is pruned and its latency predicted in about a second, and only a plan under the threshold is fine-tuned.
+
 Why Optuna's ask-and-tell on the study itself rather than a second study for the screen: one study holds every
 plan the sampler proposed, so a resumed search, several workers and the dashboard all see the same history,
 and `search.n_trials` keeps meaning the fine-tuned trials. The sampler learns from the fine-tuned trials'
@@ -29,6 +33,7 @@ from hybridsweep.search.front import non_dominated
 SCREENED_OUT = "screened_out"  # user attr: why a plan was not fine-tuned
 ABN, LATENCY = "screen/adaptive_bn_top1", "screen/latency_ms"
 MAX_EMPTY_BATCHES = 3
+MAX_TOO_SLOW = 20  # plans in a row over search.max_latency_ms before the search stops: the threshold is out of reach
 
 
 @dataclass
@@ -37,7 +42,8 @@ class ScreenSettings:
 
     candidates: int = 1  # plans sampled per fine-tuned trial: 1 = none (reproducible); 4 = fine-tune 1 in 4
     test_images: int = 2000  # class-balanced test images the screen's top-1 is measured on
-    latency: str = "measured"  # measured (once per architecture, the trial's backend) | lut (predicted)
+    latency: str = "measured"  # measured (once per architecture, the trial's backend) | lut (predicted; with
+    # search.max_latency_ms it screens every plan against the threshold, even with candidates=1)
 
     def __post_init__(self):
         if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
@@ -124,12 +130,18 @@ def _could_join(points: list[tuple[float, float]], front: list[tuple[float, floa
     return non_dominated(losses)[: len(points)]
 
 
+def screens(settings: ScreenSettings, max_latency_ms: float | None) -> bool:
+    """Whether the search runs the screened loop: K > 1, or a latency threshold gated by a predicted latency."""
+    return settings.candidates > 1 or (max_latency_ms is not None and settings.latency == "lut")
+
+
 def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, n_trials: int, after,
                       max_failures: int) -> None:
     """The search loop with screening; `after(study, frozen_trial)` runs after each told trial and keeps the
     failures in a row (`after.failures`)."""
     screener = Screener(settings, objective)
     empty = 0
+    too_slow: list[float] = []  # the screen latencies of the plans in a row over search.max_latency_ms
     while sum(counted(t) for t in study.get_trials(deepcopy=False)) < n_trials and objective.fatal is None:
         if max_failures and len(after.failures) >= max_failures:
             break
@@ -146,7 +158,14 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
                     trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:1000])
                     asked.remove(trial)
                     after(study, study.tell(trial, state=TrialState.FAIL))
-            chosen = _choose(study, objective, scored, force=empty >= MAX_EMPTY_BATCHES)
+            scored, slow = _gate(study, scored, objective.max_latency_ms, settings.latency, asked, after)
+            too_slow = [] if scored else too_slow + slow
+            if len(too_slow) >= MAX_TOO_SLOW:
+                raise UserError(f"search.max_latency_ms={objective.max_latency_ms:g}: the last {len(too_slow)} plans "
+                                f"were all slower on screening (the fastest {min(too_slow):.2f} ms); raise it, or "
+                                "lower search.budgets so that plans are smaller")
+            chosen = _choose(study, objective, scored, force=empty >= MAX_EMPTY_BATCHES,
+                             front_only=settings.candidates > 1)
             empty = 0 if chosen is not None else empty + 1
             for trial, top1, ms in scored:
                 if chosen is not None and trial is chosen[0]:
@@ -175,10 +194,32 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
-def _choose(study, objective, scored, force: bool):
-    """(trial, reason the others are screened out) for the plan to fine-tune, or None."""
+def _gate(study, scored, max_latency_ms: float | None, source: str, asked: list, after) -> tuple[list, list]:
+    """The scored plans under the latency threshold, and the latencies of the others, which are screened out:
+    told PRUNED with the reason."""
+    if max_latency_ms is None:
+        return scored, []
+    kept, slow = [], []
+    for trial, top1, ms in scored:
+        if ms <= max_latency_ms:
+            kept.append((trial, top1, ms))
+            continue
+        slow.append(ms)
+        how = "predicted (latency=lut)" if source == "lut" else "measured"
+        trial.set_user_attr(SCREENED_OUT, f"adaptive-BN top-1 {top1:.2f}%, {ms:.2f} ms: its {how} latency breaks "
+                                          f"search.max_latency_ms={max_latency_ms:g}")
+        asked.remove(trial)
+        after(study, study.tell(trial, state=TrialState.PRUNED))
+    return kept, slow
+
+
+def _choose(study, objective, scored, force: bool, front_only: bool = True):
+    """(trial, reason the others are screened out) for the plan to fine-tune, or None. Without `front_only` (one
+    plan per batch, screened only against the latency threshold) the plan is taken as it is."""
     if not scored:
         return None
+    if not front_only:
+        return scored[0][0], ""
     group_of = {trial.number: objective.space.budget_group(objective.space.suggest(trial)) for trial, _, _ in scored}
     fine_tuned = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                   if ABN in t.user_attrs and LATENCY in t.user_attrs]

@@ -32,7 +32,7 @@ from hybridsweep.search.front import CONSTRAINT_LABELS, closest_infeasible, viol
 from hybridsweep.search.objective import Objective, compose_trial_config, objective_metrics, trial_base_overrides
 from hybridsweep.search.progress import FINISHED, AfterTrial
 from hybridsweep.search.report import baseline_row, front_rows, front_table, objective_names, study_title
-from hybridsweep.search.screen import counted, optimize_screened
+from hybridsweep.search.screen import counted, optimize_screened, screens
 from hybridsweep.search.settings import StudyConfig
 from hybridsweep.search.space import SearchSpace, fixed_keys, parse_space
 from hybridsweep.search.storage import open_storage, study_lock
@@ -217,6 +217,8 @@ def optimise(run: OpenStudy) -> tuple[AfterTrial, list[Path], float]:
     remaining = run.n_trials - done - running
     candidates = settings.screen.candidates
     screening = f"; each chosen from {candidates} screened plans" if candidates > 1 else ""
+    if settings.max_latency_ms is not None and screens(settings.screen, settings.max_latency_ms):
+        screening += f"; plans over {settings.max_latency_ms:g} ms on screening are not fine-tuned"
     print(f"search: study {study.study_name} in {run.shown_storage}: {done} of {run.n_trials} trials finished, "
           f"{running} running elsewhere; running {max(remaining, 0)} here{screening}. Space: {run.space.describe()}")
 
@@ -227,7 +229,7 @@ def optimise(run: OpenStudy) -> tuple[AfterTrial, list[Path], float]:
     status = "FAILED"
     start = time.perf_counter()
     try:
-        if remaining > 0 and candidates > 1:
+        if remaining > 0 and screens(settings.screen, settings.max_latency_ms):
             optimize_screened(study, objective, settings.screen, run.n_trials, after, max_failures)
         elif remaining > 0:
             # A failed trial is replaced (the total counts finished trials); the failure guard ends a run that

@@ -76,3 +76,48 @@ def test_too_many_bn_images_is_one_line_before_any_trial(shared_data, test_cache
     with pytest.raises(UserError, match=r"^screen\.bn_images=100000 is larger than the train split \(256 images\)"):
         run_search(compose_config(*args), args)
     assert optuna.get_all_study_summaries(open_storage(f"sqlite:///{tmp_path}/optuna.db")) == []
+
+
+def test_a_latency_threshold_screens_out_plans_by_predicted_latency_before_fine_tuning(
+        shared_data, test_cache, tmp_path, monkeypatch):
+    """search.screen.latency=lut with search.max_latency_ms, one plan per trial: a plan whose predicted latency
+    breaks the threshold is recorded PRUNED with the reason and never fine-tuned. The same seed samples the same
+    plans, so a first study without a binding threshold tells which plans the second one must skip."""
+    monkeypatch.chdir(tmp_path)
+    common = ("search.screen.latency=lut", "search.screen.test_images=100", "search.seed=7")
+    loose = _args(shared_data, test_cache, tmp_path, "search.n_trials=3", "search.study_name=loose",
+                  "search.max_latency_ms=1000", *common)
+    run_search(compose_config(*loose), loose)
+    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    first = optuna.load_study(study_name="loose", storage=storage).trials
+    assert [t.state for t in first] == [TrialState.COMPLETE] * 3  # nothing gated, nothing screened out by rank
+    predicted = [t.user_attrs[LATENCY] for t in first]
+    assert all(t.user_attrs["screen/latency_source"] == "predicted" for t in first)
+    threshold = sorted(predicted)[1]  # the median plan stays, the slowest is skipped
+
+    tight = _args(shared_data, test_cache, tmp_path, "search.n_trials=2", "search.study_name=tight",
+                  f"search.max_latency_ms={threshold!r}", *common)
+    run_search(compose_config(*tight), tight)
+    second = optuna.load_study(study_name="tight", storage=storage).trials
+    assert [t.params for t in second] == [t.params for t in first]  # the same plans, in the same order
+    for t, ms in zip(second, predicted, strict=True):
+        if ms <= threshold:
+            assert t.state == TrialState.COMPLETE and SCREENED_OUT not in t.user_attrs
+        else:
+            assert t.state == TrialState.PRUNED and "mlflow_run_id" not in t.user_attrs  # never fine-tuned
+            assert t.user_attrs[SCREENED_OUT].endswith(
+                f"{ms:.2f} ms: its predicted (latency=lut) latency breaks search.max_latency_ms={threshold:g}")
+
+
+def test_a_latency_threshold_no_plan_meets_stops_the_search(shared_data, test_cache, tmp_path, monkeypatch):
+    import hybridsweep.search.screen
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hybridsweep.search.screen, "MAX_TOO_SLOW", 3)
+    args = _args(shared_data, test_cache, tmp_path, "search.n_trials=2", "search.study_name=unreachable",
+                 "search.screen.latency=lut", "search.screen.test_images=100", "search.max_latency_ms=0.001")
+    with pytest.raises(UserError, match=r"search.max_latency_ms=0.001: the last 3 plans were all slower on "
+                                        r"screening \(the fastest [\d.]+ ms\); raise it"):
+        run_search(compose_config(*args), args)
+    study = optuna.load_study(study_name="unreachable", storage=open_storage(f"sqlite:///{tmp_path}/optuna.db"))
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3
