@@ -139,7 +139,7 @@ def test_a_latency_threshold_no_trial_meets_leaves_the_front_empty_and_names_the
     storage = f"sqlite:///{workdir}/threshold.db"
     # 0.001 ms: far below what any pruned ResNet-20 measures, so every trial breaks it
     args = _args(shared_data, test_cache, workdir, storage, "search.n_trials=2", "search.study_name=threshold",
-                 "search.max_latency_ms=0.001", "search.register=false")
+                 "search.max_latency_ms=0.001")
     study = _search(args)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 2
@@ -159,6 +159,7 @@ def test_a_latency_threshold_no_trial_meets_leaves_the_front_empty_and_names_the
     assert "breaks the latency threshold" in html
     children = _split(_runs(workdir, "threshold"))[1]
     assert {r.data.tags["optuna.feasible"] for r in children} == {"false"}
+    assert _registered(workdir, "threshold") == {}  # search.register is on: an infeasible trial is never registered
 
 
 def test_the_front_is_honest_one_latency_per_architecture_baseline_and_final_pass(three_trials, workdir):
