@@ -53,6 +53,7 @@ class OpenStudy:
     tracker: Tracker
     shown_storage: str  # search.storage with its password hidden
     out_dir: Path
+    storage: BaseStorage
 
 
 def run_search(cfg, overrides: Sequence[str] | None = None) -> optuna.Study:
@@ -126,7 +127,7 @@ def open_study(cfg, command_line: list[str]) -> OpenStudy:
                     "search_space": space.describe(), "command_line": " ".join(base)},
         )
         tracker.close_orphans(study)
-    return OpenStudy(study, settings, space, keys, n_trials, base, tracker, shown, output_dir(cfg) / name)
+    return OpenStudy(study, settings, space, keys, n_trials, base, tracker, shown, output_dir(cfg) / name, storage)
 
 
 def default_study_name(sampler: str, cfg, space: SearchSpace) -> str:
@@ -242,7 +243,8 @@ def optimise(run: OpenStudy) -> tuple[AfterTrial, list[Path], float]:
             raise objective.fatal
         status = "FINISHED"
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # the last worker measures
-            final_pass(study, compose_trial_config(run.base), run.tracker)
+            with study_lock(settings.storage, run.storage, study.study_name):  # two may finish together
+                final_pass(study, compose_trial_config(run.base), run.tracker)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see __main__)
         status = "KILLED"
         raise
@@ -255,11 +257,20 @@ def optimise(run: OpenStudy) -> tuple[AfterTrial, list[Path], float]:
     return after, files, time.perf_counter() - start
 
 
+MEASURED_ATTR = "final_pass_of"  # study user attr: the complete trials the last final pass measured
+
+
 def final_pass(study: optuna.Study, cfg, tracker: Tracker) -> None:
-    """Re-measure the front's candidates and the baseline together (`remeasure.py`); never costs the study."""
+    """Re-measure the front's candidates and the baseline together (`remeasure.py`); never costs the study.
+    A pass over the same complete trials runs once: a second worker finishing at the same time, or a rerun of a
+    finished study, keeps the figures already there (`task=report` re-measures on demand)."""
     from hybridsweep.search.remeasure import remeasure
 
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    complete = sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if not complete:
+        return
+    if study.user_attrs.get(MEASURED_ATTR) == complete:
+        print("search: the final latency pass already measured these trials; its figures stand")
         return
     try:
         baseline = remeasure([study], cfg)
@@ -269,6 +280,7 @@ def final_pass(study: optuna.Study, cfg, tracker: Tracker) -> None:
         return
     if baseline is not None:
         tracker.log_baseline(baseline)
+        study.set_user_attr(MEASURED_ATTR, complete)
 
 
 # --- 3. summarise: the front, where to look, and why the run stopped --------------------------------------------

@@ -3,6 +3,7 @@ multirun's jobs nest under; and the code version a run records."""
 
 from __future__ import annotations
 
+import atexit
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -71,7 +72,8 @@ def multirun_parent() -> str | None:
 class MultirunParentCallback(Callback):
     """Hydra callback: one MLflow parent run per multirun of single trials, so a grid's jobs are grouped in the
     UI; its id goes to the sweep folder, where every job (in this process or a launcher's) reads it. A search
-    has a parent run per study instead."""
+    has a parent run per study instead. Hydra skips `on_multirun_end` when a job fails, so the run is also ended
+    (FAILED) when the process exits without it: a stopped multirun never leaves its parent RUNNING."""
 
     def __init__(self):
         self._tracker: Tracker | None = None
@@ -90,9 +92,14 @@ class MultirunParentCallback(Callback):
         sweep.mkdir(parents=True, exist_ok=True)
         (sweep / PARENT_FILE).write_text(run.run_id)
         self._run_id = run.run_id
+        atexit.register(self._end, "FAILED")
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        self._end("FINISHED")
+        atexit.unregister(self._end)
+
+    def _end(self, status: str) -> None:
         if self._tracker is not None:
             with suppress(TrackingError):
-                self._tracker.end_run(self._run_id, "FINISHED")
+                self._tracker.end_run(self._run_id, status)
             self._tracker = None

@@ -147,3 +147,18 @@ def test_multirun_groups_jobs_under_one_parent(shared_data, test_cache, tmp_path
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {(r.data.params["criterion"], r.data.params["layer_ratio"]) for r in children} == {
         ("l1", "0.0"), ("l1", "0.3"), ("random", "0.0"), ("random", "0.3")}
+
+
+def test_a_multirun_stopped_by_a_failing_job_ends_its_parent_run(shared_data, test_cache, tmp_path):
+    """Hydra skips on_multirun_end when a job fails: the parent run is still closed, FAILED, not left RUNNING."""
+    db = tmp_path / "mlflow.db"
+    args = _overrides(shared_data, test_cache, db, "finetune.max_steps=1", "data.test_subset=100")
+    out = subprocess.run(  # the first job asks to remove every block: one line, exit 2, the sweep stops
+        [sys.executable, "-m", "hybridsweep", "-m", "+criterion=l1", "layer_ratio=0.95,0.3", *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )
+    assert out.returncode == 2 and "would remove all" in out.stderr, out.stderr[-2000:]
+    runs = _runs(db)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    assert {r.info.status for r in runs} == {"FAILED"}

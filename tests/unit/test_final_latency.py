@@ -43,3 +43,24 @@ def test_a_configuration_mistake_in_the_final_pass_is_raised(unreachable_jetson,
     with pytest.raises(UserError, match=r"^latency\.known_hosts") as raised:
         try_measure_final({"a": small_net()}, small_net(), settings, SAMPLE)
     assert not isinstance(raised.value, DeviceUnavailable)
+
+
+def test_a_search_measures_the_same_complete_trials_once(monkeypatch, capsys):
+    """Two workers finishing together, or a rerun of a finished study, do not re-measure the same front."""
+    import optuna
+    from optuna.trial import create_trial
+
+    import hybridsweep.search.remeasure
+    from hybridsweep.search.study import final_pass
+    from hybridsweep.tracking import Tracker
+
+    calls = []
+    monkeypatch.setattr(hybridsweep.search.remeasure, "remeasure", lambda studies, cfg: calls.append(1) or {})
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(create_trial(values=[90.0, 2.0]))
+    final_pass(study, None, Tracker.disabled())
+    final_pass(study, None, Tracker.disabled())
+    assert len(calls) == 1 and "already measured these trials" in capsys.readouterr().out
+    study.add_trial(create_trial(values=[80.0, 1.0]))  # a new trial: a new pass
+    final_pass(study, None, Tracker.disabled())
+    assert len(calls) == 2
