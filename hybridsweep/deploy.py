@@ -36,37 +36,27 @@ class Engine:
 
 def open_study(cfg) -> optuna.Study:
     """`search.study_name` in `search.storage`; a missing or unknown name lists the studies there."""
-    from hybridsweep.search.storage import _local_file, open_storage
+    from hybridsweep.redaction import redact
+    from hybridsweep.search.storage import local_file, open_storage
 
-    spec = str(cfg.search.storage)
-    local = _local_file(spec)
+    spec, shown = str(cfg.search.storage), redact(str(cfg.search.storage))
+    local = local_file(spec)
     if local is not None and not local.is_file():
-        raise UserError(f"search.storage={spec}: no such study storage; point it at the search's "
+        raise UserError(f"search.storage={shown}: no such study storage; point it at the search's "
                         "(sqlite:///FILE.db, FILE.journal or postgresql://...)")
     storage = open_storage(spec)
     names = optuna.get_all_study_names(storage)
     name = cfg.search.get("study_name")
     if name not in names:
         what = "needs search.study_name=NAME" if name is None else f"search.study_name={name}: no such study"
-        raise UserError(f"task=export {what}; {spec} holds: {', '.join(names) or 'no study'}")
+        raise UserError(f"task=export {what}; {shown} holds: {', '.join(names) or 'no study'}")
     return optuna.load_study(study_name=name, storage=storage)
-
-
-def study_config(study: optuna.Study, cfg):
-    """The config the study's trials ran with (model, data, tracking); the current one for a study without it."""
-    from hybridsweep.redaction import HIDDEN
-    from hybridsweep.search.objective import compose_trial_config
-
-    command = study.user_attrs.get("base_overrides")
-    ran = compose_trial_config(command) if command else cfg
-    if HIDDEN in str(ran.tracking.uri):  # stored with its password hidden: this command line's has it
-        ran.tracking.uri = cfg.tracking.uri
-    return ran
 
 
 def export_trial(cfg) -> Path:
     """Write the picked trial's deployable files; returns their folder."""
     from hybridsweep.baseline import build_architecture
+    from hybridsweep.search.objective import study_config
     from hybridsweep.tracking import Tracker
 
     study = open_study(cfg)

@@ -62,6 +62,18 @@ def compose_trial_config(overrides: Sequence[str]):
         return compose(config_name="config", overrides=list(overrides))
 
 
+def study_config(study: optuna.Study, cfg):
+    """The config a study's trials ran with (model, data, latency, tracking), composed from the command line it
+    keeps; `cfg` (the current command's) for a study without one, and for the MLflow password it keeps hidden."""
+    from hybridsweep.redaction import HIDDEN
+
+    command = study.user_attrs.get("base_overrides")
+    ran = compose_trial_config(command) if command else cfg
+    if HIDDEN in str(ran.tracking.uri):
+        ran.tracking.uri = cfg.tracking.uri
+    return ran
+
+
 def trial_base_overrides(overrides: Sequence[str]) -> list[str]:
     """The search's command line as a single trial's: drop task/search/hydra settings, run one prune trial."""
     kept = []

@@ -92,8 +92,7 @@ def report_from_config(cfg) -> list[Path]:
     come from the first study's own command line), then the overlaid fronts are written to the run's output
     folder and logged as an MLflow run of their own, tagged with the studies it compares."""
     from hybridsweep.config import output_dir
-    from hybridsweep.redaction import HIDDEN
-    from hybridsweep.search.objective import compose_trial_config
+    from hybridsweep.search.objective import study_config
     from hybridsweep.search.remeasure import remeasure
     from hybridsweep.tracking import Tracker
 
@@ -104,10 +103,7 @@ def report_from_config(cfg) -> list[Path]:
         names = [names]
     studies = load_studies(names, str(storage))
     out_dir = output_dir(cfg)
-    first_command = studies[0].user_attrs.get("base_overrides")
-    study_cfg = compose_trial_config(first_command) if first_command else cfg
-    if HIDDEN in str(study_cfg.tracking.uri):  # stored with its password hidden: the report's own setting has it
-        study_cfg.tracking.uri = cfg.tracking.uri
+    study_cfg = study_config(studies[0], cfg)
     remeasure(studies, study_cfg)
     paths = report(studies, out_dir / "report")
     run_id = Tracker.from_config(study_cfg.tracking).log_report([s.study_name for s in studies], paths)

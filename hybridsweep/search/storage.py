@@ -21,7 +21,7 @@ from hybridsweep.redaction import redact
 from hybridsweep.tracking import postgres_driver
 
 
-def _local_file(spec: str) -> Path | None:
+def local_file(spec: str) -> Path | None:
     """The file behind a SQLite URL or a journal path, for locking and checks."""
     if spec.endswith(".journal"):
         return Path(spec.removeprefix("journal://")).expanduser()
@@ -36,7 +36,7 @@ def open_storage(spec: str, heartbeat_s: int = 60, retries: int = 1) -> BaseStor
     whose worker stops beating is marked FAIL and retried up to `retries` times)."""
     spec = str(spec)
     shown = redact(spec)
-    path = _local_file(spec)
+    path = local_file(spec)
     if path is not None and not path.parent.is_dir():
         raise UserError(f"search.storage={shown}: the folder {path.parent} does not exist; create it or pick another")
     if spec.endswith(".journal"):
@@ -73,7 +73,7 @@ def open_storage(spec: str, heartbeat_s: int = 60, retries: int = 1) -> BaseStor
 @contextmanager
 def study_lock(spec: str, storage: BaseStorage, name: str):
     """Serialise the set-up (study, parent run, dead trials) between workers starting together."""
-    path = _local_file(str(spec))
+    path = local_file(str(spec))
     if path is not None:
         from hybridsweep.cache import file_lock
 
