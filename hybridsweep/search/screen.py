@@ -7,7 +7,9 @@ are told to the study as PRUNED, with their screen scores and the reason as user
 the study the user watches (optuna-dashboard) instead of being hidden. After three batches in a row in which no
 plan could join the front, the next batch fine-tunes its best-scored plan, so a search always progresses.
 
-With `search.max_latency_ms`, a plan whose screen latency already breaks it is screened out first (its reason
+Before that, a plan is screened out when it cannot add anything: its pruned model (weights and fine-tune recipe)
+is one the study already fine-tuned, which would give the same result again (many depth shares lead to the same
+blocks and widths), or, with `search.max_latency_ms`, its screen latency already breaks the threshold (its reason
 says whether the figure was measured or predicted). `search.screen.latency=lut` then screens even with K=1: every
 plan is pruned and its latency predicted in about a second, and only a plan under the threshold is fine-tuned.
 
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 
 import optuna
@@ -32,8 +36,9 @@ from hybridsweep.search.front import non_dominated
 
 SCREENED_OUT = "screened_out"  # user attr: why a plan was not fine-tuned
 ABN, LATENCY = "screen/adaptive_bn_top1", "screen/latency_ms"
+MODEL = "screen/model"  # user attr: digest of the pruned weights and the fine-tune recipe (same digest, same result)
 MAX_EMPTY_BATCHES = 3
-MAX_TOO_SLOW = 20  # plans in a row over search.max_latency_ms before the search stops: the threshold is out of reach
+MAX_BLOCKED = 20  # plans in a row that cannot add anything (too slow, already fine-tuned) before the search stops
 
 
 @dataclass
@@ -101,6 +106,7 @@ class Screener:
         ds = bench.dataset(cfg)
         base = bench.baseline(cfg, ds, device)
         model, _, _ = prune_model(cfg, copy.deepcopy(base.model).cpu(), bench.scores(cfg, ds, base), ds.input_shape)
+        trial.set_user_attr(MODEL, model_digest(model, to_plain(cfg.finetune), cfg.seed))
         eval_kw = {"device": device, "batch_size": cfg.finetune.eval_batch_size}
         test = self._test_subset(ds)
         model, screened = adaptive_bn(cfg, model, test, device, eval_kw)  # the trial's own step, on fewer images
@@ -124,6 +130,16 @@ class Screener:
         return top1, latency.median_ms
 
 
+def model_digest(model, recipe: dict, seed: int) -> str:
+    """What a fine-tune's result depends on: the pruned weights (shapes and values), the recipe and the seed."""
+    h = hashlib.sha256(json.dumps([recipe, seed], sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
 def _could_join(points: list[tuple[float, float]], front: list[tuple[float, float]]) -> list[bool]:
     """Per point (top-1, ms): non-dominated among the batch and the fine-tuned trials' screen scores."""
     losses = [(-top1, ms) for top1, ms in points + front]
@@ -141,7 +157,7 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
     failures in a row (`after.failures`)."""
     screener = Screener(settings, objective)
     empty = 0
-    too_slow: list[float] = []  # the screen latencies of the plans in a row over search.max_latency_ms
+    blocked: list[tuple[str, float]] = []  # (why, screen ms) of the plans in a row that could not add anything
     while sum(counted(t) for t in study.get_trials(deepcopy=False)) < n_trials and objective.fatal is None:
         if max_failures and len(after.failures) >= max_failures:
             break
@@ -158,12 +174,10 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
                     trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:1000])
                     asked.remove(trial)
                     after(study, study.tell(trial, state=TrialState.FAIL))
-            scored, slow = _gate(study, scored, objective.max_latency_ms, settings.latency, asked, after)
-            too_slow = [] if scored else too_slow + slow
-            if len(too_slow) >= MAX_TOO_SLOW:
-                raise UserError(f"search.max_latency_ms={objective.max_latency_ms:g}: the last {len(too_slow)} plans "
-                                f"were all slower on screening (the fastest {min(too_slow):.2f} ms); raise it, or "
-                                "lower search.budgets so that plans are smaller")
+            scored, dropped = _gate(study, scored, objective.max_latency_ms, settings.latency, asked, after)
+            blocked = [] if scored else blocked + dropped
+            if len(blocked) >= MAX_BLOCKED:
+                raise UserError(_blocked_message(blocked, objective.max_latency_ms))
             chosen = _choose(study, objective, scored, force=empty >= MAX_EMPTY_BATCHES,
                              front_only=settings.candidates > 1)
             empty = 0 if chosen is not None else empty + 1
@@ -195,22 +209,42 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
 
 
 def _gate(study, scored, max_latency_ms: float | None, source: str, asked: list, after) -> tuple[list, list]:
-    """The scored plans under the latency threshold, and the latencies of the others, which are screened out:
-    told PRUNED with the reason."""
-    if max_latency_ms is None:
-        return scored, []
-    kept, slow = [], []
+    """The scored plans that can add something to the study, and (why, ms) for the others, which are screened
+    out (told PRUNED with the reason): a pruned model the study already fine-tuned, or one over the latency
+    threshold."""
+    done = {t.user_attrs[MODEL]: t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if MODEL in t.user_attrs}
+    kept, dropped = [], []
     for trial, top1, ms in scored:
-        if ms <= max_latency_ms:
+        twin = done.get(trial.user_attrs.get(MODEL))
+        if twin is not None:
+            why = f"the same pruned model and recipe as trial {twin}, already fine-tuned"
+            dropped.append(("duplicate", ms))
+        elif max_latency_ms is not None and ms > max_latency_ms:
+            how = "predicted (latency=lut)" if source == "lut" else "measured"
+            why = f"its {how} latency breaks search.max_latency_ms={max_latency_ms:g}"
+            dropped.append(("slow", ms))
+        else:
             kept.append((trial, top1, ms))
             continue
-        slow.append(ms)
-        how = "predicted (latency=lut)" if source == "lut" else "measured"
-        trial.set_user_attr(SCREENED_OUT, f"adaptive-BN top-1 {top1:.2f}%, {ms:.2f} ms: its {how} latency breaks "
-                                          f"search.max_latency_ms={max_latency_ms:g}")
+        trial.set_user_attr(SCREENED_OUT, f"adaptive-BN top-1 {top1:.2f}%, {ms:.2f} ms: {why}")
         asked.remove(trial)
         after(study, study.tell(trial, state=TrialState.PRUNED))
-    return kept, slow
+    return kept, dropped
+
+
+def _blocked_message(blocked: list[tuple[str, float]], max_latency_ms: float | None) -> str:
+    slow = [ms for why, ms in blocked if why == "slow"]
+    parts = [f"{len(slow)} broke search.max_latency_ms={max_latency_ms:g} (the fastest {min(slow):.2f} ms)"] \
+        if slow else []
+    duplicates = len(blocked) - len(slow)
+    if duplicates:
+        parts.append(f"{duplicates} {'was a model' if duplicates == 1 else 'were models'} the study had already "
+                     "fine-tuned")
+    return (f"search: the last {len(blocked)} plans could not add anything to the study: {' and '.join(parts)}; "
+            + ("raise search.max_latency_ms or lower search.budgets so that plans are smaller" if slow else
+               "the sampler keeps proposing what it has tried, so the front will not change: widen the space "
+               "or stop at the trials there are"))
 
 
 def _choose(study, objective, scored, force: bool, front_only: bool = True):

@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 
 from hybridsweep.errors import UserError
 from hybridsweep.search import run_search
-from hybridsweep.search.screen import ABN, LATENCY, SCREENED_OUT, counted
+from hybridsweep.search.screen import ABN, LATENCY, MODEL, SCREENED_OUT, counted
 from hybridsweep.search.storage import open_storage
 from tests.helpers import cheap_real_overrides, compose_config
 
@@ -45,10 +45,17 @@ def test_a_screened_search_fine_tunes_one_plan_in_k_and_records_the_rest(shared_
         assert t.state == TrialState.PRUNED and 0 <= t.user_attrs[ABN] <= 100 and t.user_attrs[LATENCY] > 0
         assert t.user_attrs[SCREENED_OUT].startswith(  # the reason shows the scores it was screened out with
             f"adaptive-BN top-1 {t.user_attrs[ABN]:.2f}%, {t.user_attrs[LATENCY]:.2f} ms: ")
-        assert "adaptive-BN top-1" in t.user_attrs[SCREENED_OUT] and "was fine-tuned instead" in t.user_attrs[
-            SCREENED_OUT] or "no plan of its batch" in t.user_attrs[SCREENED_OUT]
+        reason = t.user_attrs[SCREENED_OUT]
+        assert ("was fine-tuned instead" in reason or "no plan of its batch" in reason
+                or "already fine-tuned" in reason)
     for t in tuned:
         assert 0 <= t.user_attrs[ABN] <= 100 and 0 < t.values[0] <= 100  # top-1 in percent; 0: a broken evaluation
+    assert len({t.user_attrs[MODEL] for t in tuned}) == len(tuned)  # no pruned model is fine-tuned twice
+    twins = [t for t in out if "already fine-tuned" in t.user_attrs[SCREENED_OUT]]
+    by_number = {t.number: t for t in tuned}
+    for t in twins:  # the trial it names was fine-tuned from the very same pruned model
+        number = int(t.user_attrs[SCREENED_OUT].split("as trial ")[1].split(",")[0])
+        assert by_number[number].user_attrs[MODEL] == t.user_attrs[MODEL]
 
 
 def test_fine_tuned_trials_failing_in_a_row_stop_a_screened_search(shared_data, test_cache, tmp_path, monkeypatch):
@@ -113,11 +120,11 @@ def test_a_latency_threshold_no_plan_meets_stops_the_search(shared_data, test_ca
     import hybridsweep.search.screen
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(hybridsweep.search.screen, "MAX_TOO_SLOW", 3)
+    monkeypatch.setattr(hybridsweep.search.screen, "MAX_BLOCKED", 3)
     args = _args(shared_data, test_cache, tmp_path, "search.n_trials=2", "search.study_name=unreachable",
                  "search.screen.latency=lut", "search.screen.test_images=100", "search.max_latency_ms=0.001")
-    with pytest.raises(UserError, match=r"search.max_latency_ms=0.001: the last 3 plans were all slower on "
-                                        r"screening \(the fastest [\d.]+ ms\); raise it"):
+    with pytest.raises(UserError, match=r"the last 3 plans could not add anything to the study: 3 broke "
+                                        r"search.max_latency_ms=0.001 \(the fastest [\d.]+ ms\); raise"):
         run_search(compose_config(*args), args)
     study = optuna.load_study(study_name="unreachable", storage=open_storage(f"sqlite:///{tmp_path}/optuna.db"))
     assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3

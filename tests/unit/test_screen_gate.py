@@ -1,0 +1,66 @@
+"""What screening drops before ranking (`search/screen.py`): a pruned model the study already fine-tuned, and a
+plan over the latency threshold; and the digest that tells two pruned models apart."""
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState, create_trial
+
+from hybridsweep.search.screen import MODEL, SCREENED_OUT, _blocked_message, _gate, model_digest
+from tests.unit.test_latency import small_net
+
+RECIPE = {"epochs": 1, "lr": 0.01}
+
+
+def test_the_digest_changes_with_the_weights_the_recipe_and_the_seed():
+    net = small_net(0)
+    same = model_digest(small_net(0), RECIPE, 0)
+    assert model_digest(net, RECIPE, 0) == same
+    assert model_digest(net, {**RECIPE, "lr": 0.02}, 0) != same
+    assert model_digest(net, RECIPE, 1) != same
+    with torch.no_grad():
+        next(net.parameters())[0].add_(1e-3)  # one weight: another model, another result
+    assert model_digest(net, RECIPE, 0) != same
+
+
+@pytest.fixture
+def study():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(create_trial(values=[88.0, 6.7], user_attrs={MODEL: "tuned"}))  # trial 0, fine-tuned
+    return study
+
+
+def ask(study, digest):
+    trial = study.ask()
+    trial.set_user_attr(MODEL, digest)
+    return trial
+
+
+def test_a_model_already_fine_tuned_and_a_plan_over_the_threshold_are_screened_out(study):
+    twin, slow, fresh = ask(study, "tuned"), ask(study, "slow"), ask(study, "fresh")
+    asked, told = [twin, slow, fresh], []
+    kept, dropped = _gate(study, [(twin, 73.3, 6.7), (slow, 75.0, 9.0), (fresh, 70.0, 5.0)], 8.0, "lut", asked,
+                          lambda s, frozen: told.append(frozen.number))
+    assert [t for t, _, _ in kept] == [fresh] and asked == [fresh] and told == [twin.number, slow.number]
+    assert dropped == [("duplicate", 6.7), ("slow", 9.0)]
+    trials = study.get_trials(deepcopy=False)
+    assert trials[twin.number].state == TrialState.PRUNED
+    assert trials[twin.number].user_attrs[SCREENED_OUT] == (
+        "adaptive-BN top-1 73.30%, 6.70 ms: the same pruned model and recipe as trial 0, already fine-tuned")
+    assert trials[slow.number].user_attrs[SCREENED_OUT].endswith(
+        "9.00 ms: its predicted (latency=lut) latency breaks search.max_latency_ms=8")
+
+
+def test_without_a_threshold_only_the_twin_goes(study):
+    twin, slow = ask(study, "tuned"), ask(study, "slow")
+    kept, dropped = _gate(study, [(twin, 73.3, 6.7), (slow, 75.0, 9.0)], None, "measured", [twin, slow],
+                          lambda s, frozen: None)
+    assert [t for t, _, _ in kept] == [slow] and dropped == [("duplicate", 6.7)]
+
+
+def test_the_stop_message_says_what_blocked_the_plans():
+    assert _blocked_message([("slow", 9.0), ("slow", 8.5)], 8.0) == (
+        "search: the last 2 plans could not add anything to the study: 2 broke search.max_latency_ms=8 (the "
+        "fastest 8.50 ms); raise search.max_latency_ms or lower search.budgets so that plans are smaller")
+    assert "1 was a model the study had already fine-tuned; the sampler keeps proposing" in _blocked_message(
+        [("duplicate", 6.7)], None)
