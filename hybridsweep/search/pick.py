@@ -57,10 +57,7 @@ def candidates(study: optuna.Study) -> list[dict[str, Any]]:
     front = [r for r in front_rows(study) if r["pareto"] and r["feasible"]]
 
     def values(row: dict[str, Any]) -> list[float]:
-        out = [row[n] for n in names]
-        latency = latency_of(row, names)
-        return [latency if n.startswith("latency/") and latency is not None else v for n, v in zip(names, out,
-                                                                                                   strict=True)]
+        return [latency_of(row, names) if n.startswith("latency/") else row[n] for n in names]
 
     flags = non_dominated([losses(values(r), study.directions) for r in front])
     return [r for r, flag in zip(front, flags, strict=True) if flag]
