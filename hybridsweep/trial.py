@@ -3,6 +3,8 @@ latency -> artefacts, all logged to one MLflow run. A search calls the same func
 """
 
 import copy
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,11 +111,22 @@ def adaptive_bn(cfg, model, ds, device, eval_kw) -> tuple[torch.nn.Module, dict[
                        "time/adaptive_bn_s": time.perf_counter() - start}
 
 
+def pruned_model_digest(model: torch.nn.Module, cfg) -> str:
+    """What a fine-tune's result depends on: the pruned weights (names, shapes, values), the fine-tune recipe,
+    the adaptive-BN start and the seed. Two plans with the same digest fine-tune to the same model."""
+    h = hashlib.sha256(json.dumps([to_plain(cfg.finetune), to_plain(cfg.screen), cfg.seed], sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        h.update(f"{name}{tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
 def run_trial(
     cfg, workbench: Workbench, output_dir: Path, run_name: str | None = None, on_epoch_end=None,
-    run_tags: dict[str, str] | None = None, run: RunLogger | NullLogger | None = None,
+    run_tags: dict[str, str] | None = None, run: RunLogger | NullLogger | None = None, on_pruned=None,
 ) -> TrialResult:
-    """`on_epoch_end(epoch, model)` runs after each fine-tune epoch but the last; it may raise to stop early.
+    """`on_pruned(model)` runs once the model is pruned, before anything is evaluated or fine-tuned, and
+    `on_epoch_end(epoch, model)` after each fine-tune epoch but the last; either may raise to stop the trial.
     `run_tags` are set on the run when it opens (an experiment marks which variant the run is). `run` is the
     MLflow run to log to when the caller made it (a search does, before the trial starts)."""
     device = resolve_device(cfg.device)
@@ -135,6 +148,8 @@ def run_trial(
         model = copy.deepcopy(base.model).cpu().to(memory_format=torch.contiguous_format)
         model, plan, budget_metrics = prune_model(cfg, model, scores, ds.input_shape)
         metrics["time/prune_s"] = time.perf_counter() - start
+        if on_pruned is not None:
+            on_pruned(model)
         complexity = count(model, ds.input_shape)
         # a ratio trial logs the ratios asked for; a budget trial the ones its solved plan used
         layer_ratio = cfg.layer_ratio if cfg.budget.flops is None else plan.blocks / max(removable_count(base.model), 1)

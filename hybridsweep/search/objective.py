@@ -156,7 +156,7 @@ class Objective:
     max_latency_ms: float | None = None  # search.max_latency_ms: a constraint when set
     min_top1: float | None = None  # search.min_top1: a constraint when set
     study: optuna.Study | None = None
-    fatal: TrackingError | None = None  # set when the MLflow store broke: the search ends with it
+    fatal: UserError | None = None  # set when the MLflow store broke, or no new plan comes: the search ends with it
 
     def _surplus(self, trial: Trial) -> bool:
         """Finished trials, and running ones started before this one, already make the study's total (plans
@@ -182,6 +182,37 @@ class Objective:
         validate(cfg)
         return cfg
 
+    def skip_twins(self, trial: Trial, cfg) -> Callable:
+        """run_trial's `on_pruned` hook: a pruned model (and recipe) the study already fine-tuned is not fine-tuned
+        again, since it would give the same result; the trial is PRUNED, screened out with the twin's number, and
+        does not count toward n_trials. When the last MAX_BLOCKED plans were all twins, the search stops."""
+        from hybridsweep.search.screen import (
+            MAX_BLOCKED,
+            MODEL,
+            SCREENED_OUT,
+            blocked_message,
+            fine_tuned_twin,
+            twin_reason,
+        )
+        from hybridsweep.trial import pruned_model_digest
+
+        def on_pruned(model) -> None:
+            digest = pruned_model_digest(model, cfg)
+            trial.set_user_attr(MODEL, digest)
+            twin = fine_tuned_twin(self.study, digest)
+            if twin is None:
+                return
+            trial.set_user_attr(SCREENED_OUT, twin_reason(twin))
+            earlier = [t for t in self.study.get_trials(deepcopy=False) if t.number < trial.number]
+            recent = earlier[-(MAX_BLOCKED - 1):] if MAX_BLOCKED > 1 else []
+            if len(recent) == MAX_BLOCKED - 1 and all("already fine-tuned" in t.user_attrs.get(SCREENED_OUT, "")
+                                                      for t in recent):
+                self.fatal = UserError(blocked_message([("duplicate", 0.0)] * MAX_BLOCKED, None))
+                stop(self.study)
+            raise optuna.TrialPruned(twin_reason(twin))
+
+        return on_pruned
+
     def _stop_on(self, exc: TrackingError) -> None:
         """No later trial could log either: end the search, which then reports this one line."""
         self.fatal = exc
@@ -189,6 +220,7 @@ class Objective:
 
     def __call__(self, trial: Trial) -> tuple[float, ...]:
         from hybridsweep.pruning.plan import BUDGET_TOLERANCE
+        from hybridsweep.search.screen import SCREENED_OUT
         from hybridsweep.trial import run_trial
         from hybridsweep.workbench import workbench
 
@@ -216,9 +248,15 @@ class Objective:
             hook = self.early_stop.hook(self.study, trial, cfg, bench, group,
                                         lambda m: self.tracker.log_metrics(run.run_id, m))
         try:
-            result = run_trial(cfg, bench, out, run_name=run_name, on_epoch_end=hook, run=run)
-        except optuna.TrialPruned:
-            self.tracker.end_run(run.run_id, "KILLED", {"optuna.state": "PRUNED"})
+            result = run_trial(cfg, bench, out, run_name=run_name, on_epoch_end=hook, run=run,
+                               on_pruned=self.skip_twins(trial, cfg))
+        except optuna.TrialPruned as exc:
+            if SCREENED_OUT in trial.user_attrs:  # a twin ran nothing, like a plan screened out before its run
+                self.tracker.delete_run(run.run_id)
+                trial.set_user_attr("mlflow_run_id", None)
+            else:
+                self.tracker.end_run(run.run_id, "KILLED", {"optuna.state": "PRUNED",
+                                                            "optuna.pruned_because": str(exc)})
             raise
         except BaseException as exc:
             trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:1000])

@@ -92,6 +92,8 @@ class AfterTrial:
                   file=sys.stderr)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if sum(counted(t) for t in study.get_trials(deepcopy=False)) >= self.n_trials:
+            stop(study)  # the study's total, counting what was fine-tuned (a screened-out plan ran nothing)
         if trial.state == TrialState.FAIL and not trial.user_attrs.get("surplus"):
             self.failures.append(trial)
         elif trial.state in FINISHED and SCREENED_OUT not in trial.user_attrs:  # a screened-out plan ran nothing

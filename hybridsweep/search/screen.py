@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 
 import optuna
@@ -95,7 +93,7 @@ class Screener:
         from hybridsweep.metrics.latency.lut import DEFAULT_PROFILE
         from hybridsweep.search.workers import worker_id
         from hybridsweep.train import evaluate, resolve_device
-        from hybridsweep.trial import adaptive_bn, prune_model
+        from hybridsweep.trial import adaptive_bn, prune_model, pruned_model_digest
         from hybridsweep.workbench import workbench
 
         trial.set_user_attr("screening", True)  # not yet a trial toward n_trials (see Objective._surplus)
@@ -106,7 +104,7 @@ class Screener:
         ds = bench.dataset(cfg)
         base = bench.baseline(cfg, ds, device)
         model, _, _ = prune_model(cfg, copy.deepcopy(base.model).cpu(), bench.scores(cfg, ds, base), ds.input_shape)
-        trial.set_user_attr(MODEL, model_digest(model, to_plain(cfg.finetune), cfg.seed))
+        trial.set_user_attr(MODEL, pruned_model_digest(model, cfg))
         eval_kw = {"device": device, "batch_size": cfg.finetune.eval_batch_size}
         test = self._test_subset(ds)
         model, screened = adaptive_bn(cfg, model, test, device, eval_kw)  # the trial's own step, on fewer images
@@ -128,16 +126,6 @@ class Screener:
         trial.set_user_attr(LATENCY, latency.median_ms)
         trial.set_user_attr("screen/latency_source", latency.source)
         return top1, latency.median_ms
-
-
-def model_digest(model, recipe: dict, seed: int) -> str:
-    """What a fine-tune's result depends on: the pruned weights (shapes and values), the recipe and the seed."""
-    h = hashlib.sha256(json.dumps([recipe, seed], sort_keys=True).encode())
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(tensor.shape)).encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:24]
 
 
 def _could_join(points: list[tuple[float, float]], front: list[tuple[float, float]]) -> list[bool]:
@@ -177,7 +165,7 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
             scored, dropped = _gate(study, scored, objective.max_latency_ms, settings.latency, asked, after)
             blocked = [] if scored else blocked + dropped
             if len(blocked) >= MAX_BLOCKED:
-                raise UserError(_blocked_message(blocked, objective.max_latency_ms))
+                raise UserError(blocked_message(blocked, objective.max_latency_ms))
             chosen = _choose(study, objective, scored, force=empty >= MAX_EMPTY_BATCHES,
                              front_only=settings.candidates > 1)
             empty = 0 if chosen is not None else empty + 1
@@ -208,17 +196,25 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
+def fine_tuned_twin(study: optuna.Study, digest: str | None) -> int | None:
+    """The complete trial that fine-tuned the pruned model of this digest (`screen/model`), if any."""
+    return next((t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if digest is not None and t.user_attrs.get(MODEL) == digest), None)
+
+
+def twin_reason(twin: int) -> str:
+    return f"the same pruned model and recipe as trial {twin}, already fine-tuned"
+
+
 def _gate(study, scored, max_latency_ms: float | None, source: str, asked: list, after) -> tuple[list, list]:
     """The scored plans that can add something to the study, and (why, ms) for the others, which are screened
     out (told PRUNED with the reason): a pruned model the study already fine-tuned, or one over the latency
     threshold."""
-    done = {t.user_attrs[MODEL]: t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if MODEL in t.user_attrs}
     kept, dropped = [], []
     for trial, top1, ms in scored:
-        twin = done.get(trial.user_attrs.get(MODEL))
+        twin = fine_tuned_twin(study, trial.user_attrs.get(MODEL))
         if twin is not None:
-            why = f"the same pruned model and recipe as trial {twin}, already fine-tuned"
+            why = twin_reason(twin)
             dropped.append(("duplicate", ms))
         elif max_latency_ms is not None and ms > max_latency_ms:
             how = "predicted (latency=lut)" if source == "lut" else "measured"
@@ -233,7 +229,7 @@ def _gate(study, scored, max_latency_ms: float | None, source: str, asked: list,
     return kept, dropped
 
 
-def _blocked_message(blocked: list[tuple[str, float]], max_latency_ms: float | None) -> str:
+def blocked_message(blocked: list[tuple[str, float]], max_latency_ms: float | None) -> str:
     slow = [ms for why, ms in blocked if why == "slow"]
     parts = [f"{len(slow)} broke search.max_latency_ms={max_latency_ms:g} (the fastest {min(slow):.2f} ms)"] \
         if slow else []

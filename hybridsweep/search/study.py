@@ -22,7 +22,7 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.study import MaxTrialsCallback, StudyDirection
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from hybridsweep.config import checked, output_dir
@@ -30,7 +30,7 @@ from hybridsweep.errors import UserError, first_line
 from hybridsweep.redaction import redact
 from hybridsweep.search.front import CONSTRAINT_LABELS, closest_infeasible, violated
 from hybridsweep.search.objective import Objective, compose_trial_config, objective_metrics, trial_base_overrides
-from hybridsweep.search.progress import FINISHED, AfterTrial
+from hybridsweep.search.progress import AfterTrial
 from hybridsweep.search.report import baseline_row, front_rows, front_table, objective_names, study_title
 from hybridsweep.search.screen import counted, optimize_screened, screens
 from hybridsweep.search.settings import StudyConfig
@@ -235,10 +235,8 @@ def optimise(run: OpenStudy) -> tuple[AfterTrial, list[Path], float]:
         elif remaining > 0:
             # A failed trial is replaced (the total counts finished trials); the failure guard ends a run that
             # only fails. Without the guard, this run stops after `remaining` trials, failed or not.
-            study.optimize(
-                objective, n_trials=None if max_failures else remaining, catch=(Exception,),
-                callbacks=[MaxTrialsCallback(run.n_trials, states=FINISHED), after],
-            )
+            study.optimize(objective, n_trials=None if max_failures else remaining, catch=(Exception,),
+                           callbacks=[after])  # `after` stops the loop at the study's total
         if objective.fatal is not None:
             raise objective.fatal
         status = "FINISHED"

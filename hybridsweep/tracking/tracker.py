@@ -81,6 +81,12 @@ class Tracker:
             for key, value in (tags or {}).items():
                 self.client.set_tag(run_id, key, value)
 
+    def delete_run(self, run_id: str | None) -> None:
+        """Move a run that logged nothing worth keeping (a plan skipped before its fine-tune) to MLflow's trash."""
+        if self.enabled and run_id:
+            with store_errors(self.uri):
+                self.client.delete_run(run_id)
+
     def update_run(self, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
         """Add metrics and tags to a finished run (the final latency pass does this after the trial)."""
         from mlflow.entities import Metric, RunTag

@@ -128,3 +128,34 @@ def test_a_latency_threshold_no_plan_meets_stops_the_search(shared_data, test_ca
         run_search(compose_config(*args), args)
     study = optuna.load_study(study_name="unreachable", storage=open_storage(f"sqlite:///{tmp_path}/optuna.db"))
     assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3
+
+
+def test_a_search_never_fine_tunes_the_same_pruned_model_twice(shared_data, test_cache, tmp_path, monkeypatch):
+    """Without screening (one plan per trial): depth shares this close remove the same blocks and solve to the
+    same width, so every plan after the first is the model trial 0 fine-tuned. Each is PRUNED before its
+    fine-tune, naming trial 0, does not count toward n_trials, and after MAX_BLOCKED of them the search stops
+    with one line instead of sampling forever."""
+    import hybridsweep.search.screen
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hybridsweep.search.screen, "MAX_BLOCKED", 3)
+    args = _args(shared_data, test_cache, tmp_path, "search.n_trials=2", "search.study_name=twins",
+                 "search.depth_share=[0.5,0.5001]")
+    with pytest.raises(UserError, match=r"the last 3 plans could not add anything to the study: 3 were models the "
+                                        r"study had already fine-tuned; the sampler keeps proposing"):
+        run_search(compose_config(*args), args)
+    study = optuna.load_study(study_name="twins", storage=open_storage(f"sqlite:///{tmp_path}/optuna.db"))
+    first, *twins = study.trials
+    assert first.state == TrialState.COMPLETE and len(twins) == 3
+    for t in twins:
+        assert t.state == TrialState.PRUNED and t.user_attrs[MODEL] == first.user_attrs[MODEL]
+        assert t.user_attrs[SCREENED_OUT] == "the same pruned model and recipe as trial 0, already fine-tuned"
+        assert "finetuned/top1" not in t.user_attrs  # stopped before evaluating or fine-tuning
+        assert t.user_attrs["mlflow_run_id"] is None  # its run logged nothing worth keeping: in MLflow's trash
+    assert sum(counted(t) for t in study.trials) == 1
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("twins").experiment_id],
+                              filter_string="tags.`hybridsweep.kind` = 'trial'")
+    assert [r.info.run_id for r in runs] == [first.user_attrs["mlflow_run_id"]]

@@ -6,21 +6,23 @@ import pytest
 import torch
 from optuna.trial import TrialState, create_trial
 
-from hybridsweep.search.screen import MODEL, SCREENED_OUT, _blocked_message, _gate, model_digest
+from hybridsweep.search.screen import MODEL, SCREENED_OUT, _gate, blocked_message
+from hybridsweep.trial import pruned_model_digest
+from tests.helpers import compose_config
 from tests.unit.test_latency import small_net
-
-RECIPE = {"epochs": 1, "lr": 0.01}
 
 
 def test_the_digest_changes_with_the_weights_the_recipe_and_the_seed():
+    cfg = compose_config("+criterion=l1")
     net = small_net(0)
-    same = model_digest(small_net(0), RECIPE, 0)
-    assert model_digest(net, RECIPE, 0) == same
-    assert model_digest(net, {**RECIPE, "lr": 0.02}, 0) != same
-    assert model_digest(net, RECIPE, 1) != same
+    same = pruned_model_digest(small_net(0), cfg)
+    assert pruned_model_digest(net, cfg) == same
+    assert pruned_model_digest(net, compose_config("+criterion=l1", "finetune.lr=0.02")) != same
+    assert pruned_model_digest(net, compose_config("+criterion=l1", "seed=1")) != same
+    assert pruned_model_digest(net, compose_config("+criterion=l1", "screen.finetune_from_adaptive_bn=false")) != same
     with torch.no_grad():
         next(net.parameters())[0].add_(1e-3)  # one weight: another model, another result
-    assert model_digest(net, RECIPE, 0) != same
+    assert pruned_model_digest(net, cfg) != same
 
 
 @pytest.fixture
@@ -59,8 +61,8 @@ def test_without_a_threshold_only_the_twin_goes(study):
 
 
 def test_the_stop_message_says_what_blocked_the_plans():
-    assert _blocked_message([("slow", 9.0), ("slow", 8.5)], 8.0) == (
+    assert blocked_message([("slow", 9.0), ("slow", 8.5)], 8.0) == (
         "search: the last 2 plans could not add anything to the study: 2 broke search.max_latency_ms=8 (the "
         "fastest 8.50 ms); raise search.max_latency_ms or lower search.budgets so that plans are smaller")
-    assert "1 was a model the study had already fine-tuned; the sampler keeps proposing" in _blocked_message(
+    assert "1 was a model the study had already fine-tuned; the sampler keeps proposing" in blocked_message(
         [("duplicate", 6.7)], None)
