@@ -19,7 +19,7 @@ import optuna
 
 from hybridsweep.artifacts import PLAN_FILE, WEIGHTS_FILE, load_pruned
 from hybridsweep.errors import DeviceUnavailable, UserError
-from hybridsweep.export import check_onnx, export_onnx
+from hybridsweep.export import OnnxMismatchError, check_onnx, export_onnx
 from hybridsweep.search.pick import pick
 
 ENGINE_FILE = "model.engine"
@@ -32,9 +32,10 @@ class Engine:
     path: Path | None = None
     facts: dict[str, str] = field(default_factory=dict)
     note: str = ""  # why there is none, or how it was built
+    fp16: bool = True  # export.fp16: the trtexec command the card suggests when there is none
 
 
-def open_study(cfg) -> optuna.Study:
+def load_study(cfg) -> optuna.Study:
     """`search.study_name` in `search.storage`; a missing or unknown name lists the studies there."""
     from hybridsweep.redaction import redact
     from hybridsweep.search.storage import local_file, open_storage
@@ -59,7 +60,7 @@ def export_trial(cfg) -> Path:
     from hybridsweep.search.objective import study_config
     from hybridsweep.tracking import Tracker
 
-    study = open_study(cfg)
+    study = load_study(cfg)
     picked = pick(study, cfg.pick.rule, cfg.pick.max_latency_ms)
     number = picked.row["trial"]
     run_id = picked.row.get("mlflow_run_id")
@@ -69,6 +70,7 @@ def export_trial(cfg) -> Path:
                         "tracking.enabled=false), so its model was not kept; export a search run with tracking on")
     tracker = Tracker(str(ran.tracking.uri))
     fetched = tracker.download_model(run_id)
+    run = tracker.run(run_id)
     meta = _meta(fetched)
     model, plan = load_pruned(build_architecture(ran.model, meta["num_classes"]), fetched)
     input_shape = _sample_shape(fetched / "model.onnx")
@@ -78,14 +80,18 @@ def export_trial(cfg) -> Path:
     for name in (PLAN_FILE, WEIGHTS_FILE):
         shutil.copyfile(fetched / name, out / name)
     onnx_path = export_onnx(model, out / "model.onnx", input_shape=input_shape)
-    onnx_error = check_onnx(model, onnx_path)
+    try:
+        onnx_error = check_onnx(model, onnx_path)
+    except OnnxMismatchError as exc:
+        raise UserError(f"task=export: {exc}; the ONNX file does not compute what the model does") from exc
+    (out / ENGINE_FILE).unlink(missing_ok=True)  # an engine of an earlier export must not outlive this one
     engine = build_engine(cfg, model, input_shape, out / ENGINE_FILE)
 
     from hybridsweep.model_card import write_model_card
 
     card = write_model_card(out, study=study, picked=picked, plan=plan, model=model, ran=ran,
                             architecture=build_architecture(ran.model, meta["num_classes"]),
-                            run=tracker.client.get_run(run_id), input_shape=input_shape, onnx_error=onnx_error,
+                            run=run, input_shape=input_shape, onnx_error=onnx_error,
                             engine=engine)
     print(f"export: trial {number} of study {study.study_name} ({picked.why})\n  {out}/: "
           + ", ".join(p.name for p in sorted(out.iterdir())) + f"\n  model card: {card}")
@@ -95,9 +101,9 @@ def export_trial(cfg) -> Path:
 def build_engine(cfg, model, input_shape: tuple[int, ...], path: Path) -> Engine:
     """The TensorRT engine `export.engine` asks for. `auto` builds locally when TensorRT and a GPU are here and
     says why not otherwise; `local` and `jetson` fail with the reason instead."""
-    choice = cfg.export.engine
+    choice, fp16 = cfg.export.engine, cfg.export.fp16
     if choice == "none":
-        return Engine(note="not built (export.engine=none)")
+        return Engine(note="not built (export.engine=none)", fp16=fp16)
     if choice == "jetson":
         from hybridsweep.config import to_plain
         from hybridsweep.metrics.latency import LATENCY_BACKENDS
@@ -107,9 +113,11 @@ def build_engine(cfg, model, input_shape: tuple[int, ...], path: Path) -> Engine
                             "latency.host=... (the same settings a search measures with)")
         settings = {k: v for k, v in to_plain(cfg.latency).items() if k not in ("backend", "fallback",
                                                                                  "fallback_profile")}
+        # the deployed engine: batch 1, and export.fp16 rather than the precision latencies are measured at
+        settings |= {"batch_size": 1, "precision": "fp16" if fp16 else "fp32"}
         device = LATENCY_BACKENDS.build("jetson", **settings)
         facts = device.build_engine(model, input_shape=input_shape, out_path=path)
-        return Engine(path, facts, f"built on {facts.get('device_model', device.host)} with its trtexec")
+        return Engine(path, facts, f"built on {facts.get('device_model', device.host)} with its trtexec", fp16)
     from hybridsweep.metrics.latency.tensorrt import write_engine
 
     try:
@@ -119,11 +127,11 @@ def build_engine(cfg, model, input_shape: tuple[int, ...], path: Path) -> Engine
             raise UserError(f"export.engine=local: {exc}") from exc
         print(f"export: no TensorRT engine ({exc}); build one on the target with trtexec (see the model card)",
               file=sys.stderr)
-        return Engine(note=f"not built here ({exc})")
+        return Engine(note=f"not built here ({exc})", fp16=fp16)
     import torch
 
     return Engine(path, {"tensorrt": version, "gpu": torch.cuda.get_device_name(),
-                         "precision": "fp16" if cfg.export.fp16 else "fp32"}, "built here with TensorRT's Python API")
+                         "precision": "fp16" if fp16 else "fp32"}, "built here with TensorRT's Python API", fp16)
 
 
 def _meta(folder: Path) -> dict:

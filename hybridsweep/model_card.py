@@ -144,7 +144,7 @@ def _engine_line(engine) -> str:
         return (f"- `{engine.path.name}`: a TensorRT engine for batch 1, {engine.note} ({facts}); it runs only with "
                 "that TensorRT version on that GPU model.")
     return (f"- no TensorRT engine: {engine.note}. On the target: "
-            "`trtexec --onnx=model.onnx --saveEngine=model.engine --fp16`.")
+            f"`trtexec --onnx=model.onnx --saveEngine=model.engine{' --fp16' if engine.fp16 else ''}`.")
 
 
 def _command(study: optuna.Study, number: int, run_id: str) -> str:

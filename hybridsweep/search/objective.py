@@ -157,6 +157,7 @@ class Objective:
     min_top1: float | None = None  # search.min_top1: a constraint when set
     study: optuna.Study | None = None
     fatal: UserError | None = None  # set when the MLflow store broke, or no new plan comes: the search ends with it
+    twins_in_a_row: int = 0  # plans of this run in a row whose pruned model the study had already fine-tuned
 
     def _surplus(self, trial: Trial) -> bool:
         """Finished trials, and running ones started before this one, already make the study's total (plans
@@ -185,7 +186,8 @@ class Objective:
     def skip_twins(self, trial: Trial, cfg) -> Callable:
         """run_trial's `on_pruned` hook: a pruned model (and recipe) the study already fine-tuned is not fine-tuned
         again, since it would give the same result; the trial is PRUNED, screened out with the twin's number, and
-        does not count toward n_trials. When the last MAX_BLOCKED plans were all twins, the search stops."""
+        does not count toward n_trials. After MAX_BLOCKED twins in a row in this run, the search stops. Two workers
+        pruning the same model at the same moment may both fine-tune it: only complete trials are compared."""
         from hybridsweep.search.screen import (
             MAX_BLOCKED,
             MODEL,
@@ -201,13 +203,12 @@ class Objective:
             trial.set_user_attr(MODEL, digest)
             twin = fine_tuned_twin(self.study, digest)
             if twin is None:
+                self.twins_in_a_row = 0
                 return
             trial.set_user_attr(SCREENED_OUT, twin_reason(twin))
-            earlier = [t for t in self.study.get_trials(deepcopy=False) if t.number < trial.number]
-            recent = earlier[-(MAX_BLOCKED - 1):] if MAX_BLOCKED > 1 else []
-            if len(recent) == MAX_BLOCKED - 1 and all("already fine-tuned" in t.user_attrs.get(SCREENED_OUT, "")
-                                                      for t in recent):
-                self.fatal = UserError(blocked_message([("duplicate", 0.0)] * MAX_BLOCKED, None))
+            self.twins_in_a_row += 1  # in this run: a rerun after such a stop gets MAX_BLOCKED more tries
+            if self.twins_in_a_row >= MAX_BLOCKED:
+                self.fatal = UserError(blocked_message([("duplicate", 0.0)] * self.twins_in_a_row, None))
                 stop(self.study)
             raise optuna.TrialPruned(twin_reason(twin))
 

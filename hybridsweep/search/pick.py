@@ -67,6 +67,9 @@ def pick(study: optuna.Study, rule: str, max_latency_ms: float | None = None) ->
     """The trial `rule` chooses; UserError naming the study's state when none fits."""
     chosen = parse_rule(rule)
     if isinstance(chosen, int):
+        if max_latency_ms is not None:
+            raise UserError(f"pick=trial:{chosen} names one trial, and pick.max_latency_ms narrows the front: "
+                            "give one of them")
         return _by_number(study, chosen)
     names = objective_names(study)
     has_latency = any(n.startswith("latency/") for n in names)

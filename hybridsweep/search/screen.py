@@ -11,7 +11,8 @@ Before that, a plan is screened out when it cannot add anything: its pruned mode
 is one the study already fine-tuned, which would give the same result again (many depth shares lead to the same
 blocks and widths), or, with `search.max_latency_ms`, its screen latency already breaks the threshold (its reason
 says whether the figure was measured or predicted). `search.screen.latency=lut` then screens even with K=1: every
-plan is pruned and its latency predicted in about a second, and only a plan under the threshold is fine-tuned.
+plan is pruned and scored as above (tens of seconds on CPU, against minutes for a fine-tune), and only a plan under
+the threshold is fine-tuned.
 
 Why Optuna's ask-and-tell on the study itself rather than a second study for the screen: one study holds every
 plan the sampler proposed, so a resumed search, several workers and the dashboard all see the same history,
@@ -162,7 +163,7 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
                     trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:1000])
                     asked.remove(trial)
                     after(study, study.tell(trial, state=TrialState.FAIL))
-            scored, dropped = _gate(study, scored, objective.max_latency_ms, settings.latency, asked, after)
+            scored, dropped = _gate(study, scored, objective.max_latency_ms, asked, after)
             blocked = [] if scored else blocked + dropped
             if len(blocked) >= MAX_BLOCKED:
                 raise UserError(blocked_message(blocked, objective.max_latency_ms))
@@ -206,7 +207,7 @@ def twin_reason(twin: int) -> str:
     return f"the same pruned model and recipe as trial {twin}, already fine-tuned"
 
 
-def _gate(study, scored, max_latency_ms: float | None, source: str, asked: list, after) -> tuple[list, list]:
+def _gate(study, scored, max_latency_ms: float | None, asked: list, after) -> tuple[list, list]:
     """The scored plans that can add something to the study, and (why, ms) for the others, which are screened
     out (told PRUNED with the reason): a pruned model the study already fine-tuned, or one over the latency
     threshold."""
@@ -217,7 +218,8 @@ def _gate(study, scored, max_latency_ms: float | None, source: str, asked: list,
             why = twin_reason(twin)
             dropped.append(("duplicate", ms))
         elif max_latency_ms is not None and ms > max_latency_ms:
-            how = "predicted (latency=lut)" if source == "lut" else "measured"
+            how = "predicted (latency=lut)" if trial.user_attrs.get("screen/latency_source") == "predicted" \
+                else "measured"
             why = f"its {how} latency breaks search.max_latency_ms={max_latency_ms:g}"
             dropped.append(("slow", ms))
         else:
@@ -240,7 +242,7 @@ def blocked_message(blocked: list[tuple[str, float]], max_latency_ms: float | No
     return (f"search: the last {len(blocked)} plans could not add anything to the study: {' and '.join(parts)}; "
             + ("raise search.max_latency_ms or lower search.budgets so that plans are smaller" if slow else
                "the sampler keeps proposing what it has tried, so the front will not change: widen the space "
-               "or stop at the trials there are"))
+               "(search.depth_share, search.budgets, search.criteria) or set search.n_trials to the trials done"))
 
 
 def _choose(study, objective, scored, force: bool, front_only: bool = True):

@@ -116,8 +116,14 @@ class Tracker:
         files of the run's logged model of that name (MLmodel, data/) beside them."""
         import mlflow
 
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model",
-                                                        tracking_uri=postgres_driver(self.uri)))
+        with store_errors(self.uri, "read"):
+            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model",
+                                                            tracking_uri=postgres_driver(self.uri)))
+
+    def run(self, run_id: str):
+        """One run (MLflow Run: info, params, metrics, tags)."""
+        with store_errors(self.uri, "read"):
+            return self.client.get_run(run_id)
 
     def close_stale_runs(self, tag: str) -> int:
         """Runs carrying `tag` left RUNNING by a runner that was killed (the caller holds the only runner's lock)."""

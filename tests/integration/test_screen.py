@@ -101,6 +101,8 @@ def test_a_latency_threshold_screens_out_plans_by_predicted_latency_before_fine_
     predicted = [t.user_attrs[LATENCY] for t in first]
     assert all(t.user_attrs["screen/latency_source"] == "predicted" for t in first)
     threshold = sorted(predicted)[1]  # the median plan stays, the slowest is skipped
+    # what the second study's length rests on: three distinct figures, the slowest not last (else it stops at 2)
+    assert len(set(predicted)) == 3 and predicted.index(max(predicted)) < 2
 
     tight = _args(shared_data, test_cache, tmp_path, "search.n_trials=2", "search.study_name=tight",
                   f"search.max_latency_ms={threshold!r}", *common)
@@ -159,3 +161,9 @@ def test_a_search_never_fine_tunes_the_same_pruned_model_twice(shared_data, test
     runs = client.search_runs([client.get_experiment_by_name("twins").experiment_id],
                               filter_string="tags.`hybridsweep.kind` = 'trial'")
     assert [r.info.run_id for r in runs] == [first.user_attrs["mlflow_run_id"]]
+
+    # the stop counts twins of this run only: a rerun tries MAX_BLOCKED more plans before it stops again
+    with pytest.raises(UserError, match=r"the last 3 plans could not add anything"):
+        run_search(compose_config(*args), args)
+    again = optuna.load_study(study_name="twins", storage=open_storage(f"sqlite:///{tmp_path}/optuna.db"))
+    assert len(again.trials) == 7 and sum(counted(t) for t in again.trials) == 1

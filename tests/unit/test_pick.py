@@ -97,6 +97,11 @@ def test_a_study_without_a_feasible_trial_or_a_latency_objective_says_so():
         pick(accuracy_only, "fastest")
 
 
+def test_a_trial_number_and_a_latency_cap_are_not_combined(study):
+    with pytest.raises(UserError, match=r"pick=trial:2 names one trial, and pick.max_latency_ms narrows the front"):
+        pick(study, "trial:2", max_latency_ms=3.0)
+
+
 @pytest.mark.parametrize("rule", ["best", "trial:", "trial:-1", "trial:x", ""])
 def test_an_unknown_rule_lists_the_rules(rule):
     with pytest.raises(UserError, match=r"choose one of: knee, max_top1, fastest, trial:N"):

@@ -41,7 +41,8 @@ def ask(study, digest):
 def test_a_model_already_fine_tuned_and_a_plan_over_the_threshold_are_screened_out(study):
     twin, slow, fresh = ask(study, "tuned"), ask(study, "slow"), ask(study, "fresh")
     asked, told = [twin, slow, fresh], []
-    kept, dropped = _gate(study, [(twin, 73.3, 6.7), (slow, 75.0, 9.0), (fresh, 70.0, 5.0)], 8.0, "lut", asked,
+    slow.set_user_attr("screen/latency_source", "predicted")
+    kept, dropped = _gate(study, [(twin, 73.3, 6.7), (slow, 75.0, 9.0), (fresh, 70.0, 5.0)], 8.0, asked,
                           lambda s, frozen: told.append(frozen.number))
     assert [t for t, _, _ in kept] == [fresh] and asked == [fresh] and told == [twin.number, slow.number]
     assert dropped == [("duplicate", 6.7), ("slow", 9.0)]
@@ -55,7 +56,7 @@ def test_a_model_already_fine_tuned_and_a_plan_over_the_threshold_are_screened_o
 
 def test_without_a_threshold_only_the_twin_goes(study):
     twin, slow = ask(study, "tuned"), ask(study, "slow")
-    kept, dropped = _gate(study, [(twin, 73.3, 6.7), (slow, 75.0, 9.0)], None, "measured", [twin, slow],
+    kept, dropped = _gate(study, [(twin, 73.3, 6.7), (slow, 75.0, 9.0)], None, [twin, slow],
                           lambda s, frozen: None)
     assert [t for t, _, _ in kept] == [slow] and dropped == [("duplicate", 6.7)]
 

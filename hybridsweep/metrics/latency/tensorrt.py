@@ -176,7 +176,10 @@ def write_engine(model: nn.Module, path: Path, *, input_shape: tuple[int, ...], 
                                 "an NVIDIA GPU") from exc
     if not torch.cuda.is_available():
         raise DeviceUnavailable("torch sees no CUDA GPU, and an engine is built on the GPU it will run on")
-    major = tensorrt_major(trt, "export.engine=local")
+    try:
+        major = tensorrt_major(trt, "export.engine=local")
+    except UserError as exc:  # too old to build with: like no TensorRT at all
+        raise DeviceUnavailable(str(exc)) from exc
     with tempfile.TemporaryDirectory(prefix="hybridsweep-trt-") as tmp:
         onnx_path = export_onnx(model, Path(tmp) / "model.onnx", input_shape=input_shape, opset=opset,
                                 dynamic_batch=False, dtype=torch.float16 if fp16 and major >= 11 else torch.float32)
