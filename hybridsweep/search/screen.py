@@ -11,7 +11,7 @@ Before that, a plan is screened out when it cannot add anything: its pruned mode
 is one the study already fine-tuned, which would give the same result again (many depth shares lead to the same
 blocks and widths), or, with `search.max_latency_ms`, its screen latency already breaks the threshold (its reason
 says whether the figure was measured or predicted). `search.screen.latency=lut` then screens even with K=1: every
-plan is pruned and scored as above (tens of seconds on CPU, against minutes for a fine-tune), and only a plan under
+plan is pruned and its latency predicted (no accuracy is measured: there is nothing to rank), and only a plan under
 the threshold is fine-tuned.
 
 Why Optuna's ask-and-tell on the study itself rather than a second study for the screen: one study holds every
@@ -89,7 +89,7 @@ class Screener:
             self._test[ds.fingerprint] = with_test_subset(ds, min(self.settings.test_images, len(ds.test_y)))
         return self._test[ds.fingerprint]
 
-    def score(self, trial: Trial) -> tuple[float, float]:
+    def score(self, trial: Trial) -> tuple[float | None, float]:
         from hybridsweep.config import to_plain
         from hybridsweep.metrics.latency.lut import DEFAULT_PROFILE
         from hybridsweep.search.workers import worker_id
@@ -106,14 +106,18 @@ class Screener:
         base = bench.baseline(cfg, ds, device)
         model, _, _ = prune_model(cfg, copy.deepcopy(base.model).cpu(), bench.scores(cfg, ds, base), ds.input_shape)
         trial.set_user_attr(MODEL, pruned_model_digest(model, cfg))
-        eval_kw = {"device": device, "batch_size": cfg.finetune.eval_batch_size}
-        test = self._test_subset(ds)
-        model, screened = adaptive_bn(cfg, model, test, device, eval_kw)  # the trial's own step, on fewer images
-        if "adaptive_bn/top1" in screened:
-            top1 = screened["adaptive_bn/top1"]
-        else:
-            trial.set_user_attr("screen/note", "no adaptive BN (no BatchNorm, or screen.bn_images=null): plain top-1")
-            top1 = evaluate(model, test, desc="screen", **eval_kw).top1
+        top1 = None  # one plan a batch (a latency gate only): nothing to rank, so no accuracy is measured
+        if self.settings.candidates > 1:
+            eval_kw = {"device": device, "batch_size": cfg.finetune.eval_batch_size}
+            test = self._test_subset(ds)
+            model, screened = adaptive_bn(cfg, model, test, device, eval_kw)  # the trial's step, on fewer images
+            if "adaptive_bn/top1" in screened:
+                top1 = screened["adaptive_bn/top1"]
+            else:
+                trial.set_user_attr("screen/note", "no adaptive BN (no BatchNorm, or screen.bn_images=null): "
+                                                   "plain top-1")
+                top1 = evaluate(model, test, desc="screen", **eval_kw).top1
+            trial.set_user_attr(ABN, top1)
         model = model.cpu().eval()
         if self.settings.latency == "lut":
             settings = {"backend": "lut", "profile": DEFAULT_PROFILE, "batch_size": cfg.latency.get("batch_size", 1)}
@@ -123,7 +127,6 @@ class Screener:
         if latency is None:
             raise UserError("search.screen.latency=measured: the latency backend gave no figure; use "
                             "search.screen.latency=lut")
-        trial.set_user_attr(ABN, top1)
         trial.set_user_attr(LATENCY, latency.median_ms)
         trial.set_user_attr("screen/latency_source", latency.source)
         return top1, latency.median_ms
@@ -174,7 +177,7 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
                 if chosen is not None and trial is chosen[0]:
                     continue
                 reason = chosen[1] if chosen is not None else "no plan of its batch could join the front"
-                trial.set_user_attr(SCREENED_OUT, f"adaptive-BN top-1 {top1:.2f}%, {ms:.2f} ms: {reason}")
+                trial.set_user_attr(SCREENED_OUT, f"{scores_text(top1, ms)}: {reason}")
                 asked.remove(trial)
                 after(study, study.tell(trial, state=TrialState.PRUNED))
             if chosen is None:
@@ -195,6 +198,11 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
         finally:  # Ctrl-C, SIGTERM, a UserError: nothing asked is left RUNNING
             for trial in asked:
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def scores_text(top1: float | None, ms: float) -> str:
+    """A screened plan's scores, as its reason starts."""
+    return (f"adaptive-BN top-1 {top1:.2f}%, " if top1 is not None else "") + f"{ms:.2f} ms"
 
 
 def fine_tuned_twin(study: optuna.Study, digest: str | None) -> int | None:
@@ -225,7 +233,7 @@ def _gate(study, scored, max_latency_ms: float | None, asked: list, after) -> tu
         else:
             kept.append((trial, top1, ms))
             continue
-        trial.set_user_attr(SCREENED_OUT, f"adaptive-BN top-1 {top1:.2f}%, {ms:.2f} ms: {why}")
+        trial.set_user_attr(SCREENED_OUT, f"{scores_text(top1, ms)}: {why}")
         asked.remove(trial)
         after(study, study.tell(trial, state=TrialState.PRUNED))
     return kept, dropped

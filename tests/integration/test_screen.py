@@ -100,6 +100,7 @@ def test_a_latency_threshold_screens_out_plans_by_predicted_latency_before_fine_
     assert [t.state for t in first] == [TrialState.COMPLETE] * 3  # nothing gated, nothing screened out by rank
     predicted = [t.user_attrs[LATENCY] for t in first]
     assert all(t.user_attrs["screen/latency_source"] == "predicted" for t in first)
+    assert not any(ABN in t.user_attrs for t in first)  # one plan a batch: nothing to rank, no accuracy measured
     threshold = sorted(predicted)[1]  # the median plan stays, the slowest is skipped
     # what the second study's length rests on: three distinct figures, the slowest not last (else it stops at 2)
     assert len(set(predicted)) == 3 and predicted.index(max(predicted)) < 2
