@@ -171,6 +171,13 @@ class LatencyConfig:
                                                 if f.name not in shared})
 
 
+def backend_settings(latency: DictConfig) -> dict:
+    """A `latency` node's backend settings, as a backend is built from them: without the fields every schema
+    shares (`backend`, and the fallback, which belongs to the trial)."""
+    shared = {f.name for f in fields(LatencyConfig)}
+    return {k: v for k, v in OmegaConf.to_container(latency, resolve=True).items() if k not in shared}
+
+
 @dataclass
 class SearchConfig:
     """What of `search=NAME` (conf/search/) the rest of the program reads: which sampler (none: one trial, no

@@ -105,14 +105,13 @@ def build_engine(cfg, model, input_shape: tuple[int, ...], path: Path) -> Engine
     if choice == "none":
         return Engine(note="not built (export.engine=none)", fp16=fp16)
     if choice == "jetson":
-        from hybridsweep.config import to_plain
+        from hybridsweep.config import backend_settings
         from hybridsweep.metrics.latency import LATENCY_BACKENDS
 
         if cfg.latency.backend != "jetson":
             raise UserError("export.engine=jetson builds on the device of latency=jetson: add latency=jetson "
                             "latency.host=... (the same settings a search measures with)")
-        settings = {k: v for k, v in to_plain(cfg.latency).items() if k not in ("backend", "fallback",
-                                                                                 "fallback_profile")}
+        settings = backend_settings(cfg.latency)
         # the deployed engine: batch 1, and export.fp16 rather than the precision latencies are measured at
         settings |= {"batch_size": 1, "precision": "fp16" if fp16 else "fp32"}
         device = LATENCY_BACKENDS.build("jetson", **settings)

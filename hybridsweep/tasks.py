@@ -6,15 +6,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from hybridsweep.config import output_dir, to_plain
+from hybridsweep.config import backend_settings, output_dir
 from hybridsweep.errors import UserError
 from hybridsweep.train import resolve_device
 from hybridsweep.workbench import workbench
-
-
-def _backend_settings(cfg) -> dict:
-    """The configured backend's own settings (the fallback keys belong to the trial, not to the backend)."""
-    return {k: v for k, v in to_plain(cfg.latency).items() if k not in ("backend", "fallback", "fallback_profile")}
 
 
 def _data_shape(cfg) -> tuple[int, tuple[int, int, int]]:
@@ -70,7 +65,7 @@ def latency(cfg: DictConfig) -> dict:
 
     num_classes, input_shape = _data_shape(cfg)
     model = build_architecture(cfg.model, num_classes).eval()
-    result = measure_latency(model, cfg.latency.backend, input_shape=input_shape, **_backend_settings(cfg))
+    result = measure_latency(model, cfg.latency.backend, input_shape=input_shape, **backend_settings(cfg.latency))
     size = "x".join(map(str, input_shape))
     print(
         f"{cfg.model.name} latency at {size} ({result.source}, {result.backend} on {result.device}, "
@@ -84,7 +79,7 @@ def calibrate(cfg: DictConfig) -> dict:
     """Build a LUT latency profile on the configured measuring backend (e.g. latency=jetson latency.host=...)."""
     from hybridsweep.calibration import calibrate as calibrate_profile
 
-    settings = _backend_settings(cfg)
+    settings = backend_settings(cfg.latency)
     num_classes, input_shape = _data_shape(cfg)
     out = Path(cfg.calibration.out or f"{cfg.latency.backend}-{cfg.model.name}.json")
     path = calibrate_profile(

@@ -176,8 +176,9 @@ class Objective:
         plan = self.space.suggest(trial)
         trial.set_user_attr("plan", plan)
         trial.set_user_attr("budget_group", self.space.budget_group(plan))
-        trial.set_user_attr("overrides", self.space.overrides(plan))  # with base_overrides: the trial's command
-        cfg = compose_trial_config([*self.base_overrides, *self.space.overrides(plan)])
+        overrides = self.space.overrides(plan)
+        trial.set_user_attr("overrides", overrides)  # with base_overrides: the trial's command line
+        cfg = compose_trial_config([*self.base_overrides, *overrides])
         cfg.tracking.experiment = self.study.study_name
         cfg.paths.output_dir = str(self.output_dir / "trials" / f"{trial.number:04d}")
         validate(cfg)

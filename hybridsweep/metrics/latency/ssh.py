@@ -172,7 +172,6 @@ class RemoteHost:
                 with suppress(OSError, paramiko.SSHException):
                     sftp.remove(remote_path)
 
-
     def fetch(self, remote_path: str, local_path: Path) -> None:
         """`remote_path` copied here over SFTP, then removed there."""
         with closing(self.client.open_sftp()) as sftp:
