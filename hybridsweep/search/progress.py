@@ -23,12 +23,13 @@ BUSY_LOAD_PER_CORE = 1.5  # a load average above this per core during a measurem
 
 class AfterTrial:
     """`after(study, frozen_trial)`: a callback of Optuna's loop, called by the screened loop too; it keeps the
-    failures in a row (`failures`) for the search to report."""
+    failures in a row (`failures`) for the search to report, and says when this run is `finished`."""
 
     def __init__(self, tracker: Tracker, out_dir: Path, max_failures: int, n_trials: int, register: bool = True):
         self.tracker, self.out_dir, self.max_failures, self.n_trials = tracker, out_dir, max_failures, n_trials
         self.register = register  # search.register: the front's models into the Model Registry
         self.failures: list[FrozenTrial] = []
+        self.failed_here = 0  # every failure of this run, in a row or not
         self.durations: list[float] = []
         self.warned_busy = False
 
@@ -91,14 +92,25 @@ class AfterTrial:
                   "latencies read its load; the front is drawn from one interleaved re-measure at the end",
                   file=sys.stderr)
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if sum(counted(t) for t in study.get_trials(deepcopy=False)) >= self.n_trials:
-            stop(study)  # the study's total, counting what was fine-tuned (a screened-out plan ran nothing)
+    def finished(self, study: optuna.Study) -> bool:
+        """The study's total is reached, counting what was fine-tuned (a screened-out plan or a twin ran nothing),
+        or the failure guard tripped. A failed trial is replaced while the guard is on; with the guard off
+        (`max_consecutive_failures=0`) it counts toward the total instead, so a run that only fails still ends."""
+        if self.max_failures and len(self.failures) >= self.max_failures:
+            return True
+        spent = sum(counted(t) for t in study.get_trials(deepcopy=False))
+        return spent + (0 if self.max_failures else self.failed_here) >= self.n_trials
+
+    def record(self, trial: FrozenTrial) -> None:
         if trial.state == TrialState.FAIL and not trial.user_attrs.get("surplus"):
             self.failures.append(trial)
+            self.failed_here += 1
         elif trial.state in FINISHED and SCREENED_OUT not in trial.user_attrs:  # a screened-out plan ran nothing
             self.failures.clear()
-        if self.max_failures and len(self.failures) >= self.max_failures:
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.record(trial)
+        if self.finished(study):
             stop(study)
         try:
             fail_dead_trials(study, self.tracker)  # a killed fellow worker's trial must not hold its place

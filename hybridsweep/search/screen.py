@@ -143,16 +143,13 @@ def screens(settings: ScreenSettings, max_latency_ms: float | None) -> bool:
     return settings.candidates > 1 or (max_latency_ms is not None and settings.latency == "lut")
 
 
-def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, n_trials: int, after,
-                      max_failures: int) -> None:
-    """The search loop with screening; `after(study, frozen_trial)` runs after each told trial and keeps the
-    failures in a row (`after.failures`)."""
+def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, after) -> None:
+    """The search loop with screening; `after(study, frozen_trial)` (progress.AfterTrial) runs after each told
+    trial and says when the run is finished."""
     screener = Screener(settings, objective)
     empty = 0
     blocked: list[tuple[str, float]] = []  # (why, screen ms) of the plans in a row that could not add anything
-    while sum(counted(t) for t in study.get_trials(deepcopy=False)) < n_trials and objective.fatal is None:
-        if max_failures and len(after.failures) >= max_failures:
-            break
+    while not after.finished(study) and objective.fatal is None:
         batch = [study.ask() for _ in range(settings.candidates)]
         asked = list(batch)
         try:

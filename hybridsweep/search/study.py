@@ -210,8 +210,7 @@ def optimise(run: OpenStudy) -> tuple[AfterTrial, list[Path], float]:
     """Run here what the study's total still misses; however it ends, the front is published and the runs
     closed. Returns the after-trial callback (its failures in a row), the front's files and the seconds spent."""
     study, settings = run.study, run.settings
-    max_failures = settings.max_consecutive_failures
-    after = AfterTrial(run.tracker, run.out_dir, max_failures, run.n_trials, settings.register)
+    after = AfterTrial(run.tracker, run.out_dir, settings.max_consecutive_failures, run.n_trials, settings.register)
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     running = sum(not t.user_attrs.get("screening")
                   for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
@@ -231,12 +230,9 @@ def optimise(run: OpenStudy) -> tuple[AfterTrial, list[Path], float]:
     start = time.perf_counter()
     try:
         if remaining > 0 and screens(settings.screen, settings.max_latency_ms):
-            optimize_screened(study, objective, settings.screen, run.n_trials, after, max_failures)
-        elif remaining > 0:
-            # A failed trial is replaced (the total counts finished trials); the failure guard ends a run that
-            # only fails. Without the guard, this run stops after `remaining` trials, failed or not.
-            study.optimize(objective, n_trials=None if max_failures else remaining, catch=(Exception,),
-                           callbacks=[after])  # `after` stops the loop at the study's total
+            optimize_screened(study, objective, settings.screen, after)
+        elif remaining > 0:  # `after` stops the loop (AfterTrial.finished)
+            study.optimize(objective, n_trials=None, catch=(Exception,), callbacks=[after])
         if objective.fatal is not None:
             raise objective.fatal
         status = "FINISHED"

@@ -76,6 +76,24 @@ def test_fine_tuned_trials_failing_in_a_row_stop_a_screened_search(shared_data, 
     assert sorted(t.state.name for t in study.trials) == ["FAIL", "FAIL", "PRUNED", "PRUNED"]
 
 
+def test_without_the_failure_guard_a_screened_search_whose_fine_tunes_all_fail_still_ends(
+        shared_data, test_cache, tmp_path, monkeypatch):
+    """`max_consecutive_failures=0` turns the guard off: a failure then counts toward search.n_trials instead of
+    being replaced, so the run ends after n_trials fine-tunes, failed or not (it used to loop for ever)."""
+    import hybridsweep.trial
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hybridsweep.trial, "run_trial", broken)
+    args = _args(shared_data, test_cache, tmp_path, "search.n_trials=2", "search.study_name=unguarded",
+                 "search.screen.candidates=2", "search.screen.test_images=100", "search.max_consecutive_failures=0")
+    run_search(compose_config(*args), args)
+    study = optuna.load_study(study_name="unguarded", storage=open_storage(f"sqlite:///{tmp_path}/optuna.db"))
+    assert sorted(t.state.name for t in study.trials) == ["FAIL", "FAIL", "PRUNED", "PRUNED"]
+
+
 def test_too_many_bn_images_is_one_line_before_any_trial(shared_data, test_cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = _args(shared_data, test_cache, tmp_path, "search.n_trials=1", "search.study_name=toomany",

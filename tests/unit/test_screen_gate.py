@@ -1,5 +1,6 @@
 """What screening drops before ranking (`search/screen.py`): a pruned model the study already fine-tuned, and a
-plan over the latency threshold; and the digest that tells two pruned models apart."""
+plan over the latency threshold; the digest that tells two pruned models apart; and when a search run has spent
+its trials."""
 
 import optuna
 import pytest
@@ -67,3 +68,40 @@ def test_the_stop_message_says_what_blocked_the_plans():
         "fastest 8.50 ms); raise search.max_latency_ms or lower search.budgets so that plans are smaller")
     assert "1 was a model the study had already fine-tuned; the sampler keeps proposing" in blocked_message(
         [("duplicate", 6.7)], None)
+
+
+@pytest.mark.parametrize("guard", [0, 2])
+def test_a_run_ends_at_the_total_of_fine_tuned_trials_and_a_failing_run_ends_too(tmp_path, guard):
+    """Twins and screened-out plans never count toward search.n_trials. A failure is replaced while the failure
+    guard is on (and trips it when in a row); with the guard off (`max_consecutive_failures=0`) it counts toward
+    the total, so a run whose every trial fails still ends."""
+    from hybridsweep.search.progress import AfterTrial
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    after = AfterTrial(None, tmp_path, max_failures=guard, n_trials=3)
+
+    def add(**kwargs):
+        study.add_trial(create_trial(**kwargs))
+        after.record(study.get_trials(deepcopy=False)[-1])
+        return after.finished(study)
+
+    assert not add(values=[88.0, 6.7])
+    assert not add(state=TrialState.PRUNED, user_attrs={SCREENED_OUT: "the same pruned model as trial 0"})
+    assert not add(state=TrialState.PRUNED, user_attrs={SCREENED_OUT: "no plan of its batch could join the front"})
+    assert not add(state=TrialState.FAIL)
+    assert add(state=TrialState.FAIL)  # guard 2: two in a row; no guard: 1 fine-tuned + 2 failed = 3
+    assert after.failed_here == 2
+
+
+def test_with_the_guard_a_finished_trial_breaks_the_row_and_failures_are_replaced(tmp_path):
+    from hybridsweep.search.progress import AfterTrial
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    after = AfterTrial(None, tmp_path, max_failures=2, n_trials=2)
+    for kwargs in [{"state": TrialState.FAIL}, {"values": [88.0, 6.7]}, {"state": TrialState.FAIL}]:
+        study.add_trial(create_trial(**kwargs))
+        after.record(study.get_trials(deepcopy=False)[-1])
+        assert not after.finished(study)
+    study.add_trial(create_trial(values=[87.0, 6.0]))
+    after.record(study.get_trials(deepcopy=False)[-1])
+    assert after.finished(study) and after.failures == []
