@@ -37,21 +37,10 @@ class Engine:
 
 def load_study(cfg) -> optuna.Study:
     """`search.study_name` in `search.storage`; a missing or unknown name lists the studies there."""
-    from hybridsweep.redaction import redact
-    from hybridsweep.search.storage import local_file, open_storage
+    from hybridsweep.search.report import load_studies
 
-    spec, shown = str(cfg.search.storage), redact(str(cfg.search.storage))
-    local = local_file(spec)
-    if local is not None and not local.is_file():
-        raise UserError(f"search.storage={shown}: no such study storage; point it at the search's "
-                        "(sqlite:///FILE.db, FILE.journal or postgresql://...)")
-    storage = open_storage(spec)
-    names = optuna.get_all_study_names(storage)
     name = cfg.search.get("study_name")
-    if name not in names:
-        what = "needs search.study_name=NAME" if name is None else f"search.study_name={name}: no such study"
-        raise UserError(f"task=export {what}; {shown} holds: {', '.join(names) or 'no study'}")
-    return optuna.load_study(study_name=name, storage=storage)
+    return load_studies([name] if name else [], str(cfg.search.storage), setting="search.study_name")[0]
 
 
 def export_trial(cfg) -> Path:

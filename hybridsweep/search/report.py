@@ -50,22 +50,24 @@ def study_title(study: optuna.Study, rows: Sequence[dict]) -> str:
     return f"{study.study_name}: {len(rows)} complete trials, {fronts} on the Pareto front"
 
 
-def load_studies(study_names: Iterable[str] | None, storage) -> list[optuna.Study]:
+def load_studies(study_names: Iterable[str] | None, storage, setting: str = "search.studies") -> list[optuna.Study]:
     """Studies to draw in one plot; `storage` is a URL/path (as `search.storage`) or a storage object;
-    `study_names` None means every study in it. Their objectives must match."""
+    `study_names` None means every study in it. Their objectives must match. `setting` names the option the
+    names came from, for the error."""
     from hybridsweep.errors import UserError
-    from hybridsweep.search.storage import open_storage
+    from hybridsweep.redaction import redact
+    from hybridsweep.search.storage import open_existing
 
-    store = open_storage(storage) if isinstance(storage, str | Path) else storage
+    store = open_existing(storage) if isinstance(storage, str | Path) else storage
     available = optuna.get_all_study_names(store)
-    names = list(study_names) if study_names else available
-    if not names:
-        raise UserError(f"search.storage={storage}: there is no study to report")
+    shown = f"search.storage={redact(str(storage))}"
+    if not available:
+        raise UserError(f"{shown} holds no study; point it at a search's storage")
+    names = list(study_names) if study_names is not None else available
     missing = [n for n in names if n not in available]
-    if missing:
-        raise UserError(
-            f"search.studies: no study {', '.join(missing)} in {storage}; it holds: {', '.join(available) or 'none'}"
-        )
+    if not names or missing:
+        what = f"{setting}={','.join(missing)}: no such study" if missing else f"{setting}: name a study"
+        raise UserError(f"{what}; {shown} holds: {', '.join(available)}")
     studies = [optuna.load_study(study_name=n, storage=store) for n in names]
     first = studies[0]
     for s in studies[1:]:

@@ -70,6 +70,16 @@ def open_storage(spec: str, heartbeat_s: int = 60, retries: int = 1) -> BaseStor
         raise UserError(f"search.storage={shown}: cannot open the study storage ({first_line(exc)})") from exc
 
 
+def open_existing(spec: str) -> BaseStorage:
+    """A search's storage for a task that only reads it (`task=report`, `task=export`): a local file that is not
+    there is a mistyped path, and opening it would create an empty store."""
+    path = local_file(str(spec))
+    if path is not None and not path.is_file():
+        raise UserError(f"search.storage={redact(str(spec))}: no such study storage; point it at the search's "
+                        "(sqlite:///FILE.db, FILE.journal or postgresql://...)")
+    return open_storage(str(spec))
+
+
 @contextmanager
 def study_lock(spec: str, storage: BaseStorage, name: str):
     """Serialise the set-up (study, parent run, dead trials) between workers starting together."""

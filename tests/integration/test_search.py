@@ -238,8 +238,11 @@ def test_report_draws_several_studies_in_one_plot(three_trials, workdir):
     lines = table.read_text().splitlines()
     assert len(lines) == 1 + 1 + 3 + 2 and {line.split(",")[0] for line in lines[1:]} == {"three", "other"}
     assert png.read_bytes()[:4] == b"\x89PNG" and "other" in html.read_text()[-200000:]
-    with pytest.raises(UserError, match=r"search\.studies: no study nothere in .*; it holds: "):
+    with pytest.raises(UserError, match=r"search\.studies=nothere: no such study; search\.storage=.* holds: three, o"):
         load_studies(["nothere"], storage)
+    with pytest.raises(UserError, match=r"search\.storage=sqlite:///.*/typo\.db: no such study storage"):
+        load_studies(None, f"sqlite:///{workdir}/typo.db")
+    assert not (workdir / "typo.db").exists()  # a mistyped path is not created as an empty store
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(shared_data, test_cache, workdir, monkeypatch):
@@ -583,6 +586,7 @@ def test_task_export_writes_the_knee_trial_ready_to_deploy(three_trials, workdir
 
 @pytest.mark.parametrize("extra,message", [
     (["search.study_name=nope"], r"search.study_name=nope: no such study; .* holds: .*three"),
+    ([], r"search.study_name: name a study; search.storage=.* holds: three"),
     (["search.study_name=three", "pick=trial:99"], r"pick=trial:99: study three has no trial 99"),
     (["search.study_name=three", "pick=fastest", "pick.max_latency_ms=0.0001"],
      r"pick.max_latency_ms=0.0001: no front trial of study three is that fast; the fastest is trial \d+"),
