@@ -52,6 +52,9 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as exc:
+        from hybridsweep.tracking.runs import MultirunParentCallback
+
+        MultirunParentCallback.interrupted = True  # a multirun's parent run ends KILLED, like its job's
         name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
         print(f"stopped by {name}: the running trial's MLflow run is marked KILLED (a search's trial FAIL); "
               "rerun the same command to resume", file=sys.stderr)

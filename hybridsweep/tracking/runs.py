@@ -73,7 +73,10 @@ class MultirunParentCallback(Callback):
     """Hydra callback: one MLflow parent run per multirun of single trials, so a grid's jobs are grouped in the
     UI; its id goes to the sweep folder, where every job (in this process or a launcher's) reads it. A search
     has a parent run per study instead. Hydra skips `on_multirun_end` when a job fails, so the run is also ended
-    (FAILED) when the process exits without it: a stopped multirun never leaves its parent RUNNING."""
+    when the process exits without it: a stopped multirun never leaves its parent RUNNING. It ends FAILED, or
+    KILLED when Ctrl-C or SIGTERM stopped it (`__main__` sets `interrupted`), as its running job's run does."""
+
+    interrupted = False
 
     def __init__(self):
         self._tracker: Tracker | None = None
@@ -92,11 +95,14 @@ class MultirunParentCallback(Callback):
         sweep.mkdir(parents=True, exist_ok=True)
         (sweep / PARENT_FILE).write_text(run.run_id)
         self._run_id = run.run_id
-        atexit.register(self._end, "FAILED")
+        atexit.register(self._end_at_exit)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         self._end("FINISHED")
-        atexit.unregister(self._end)
+        atexit.unregister(self._end_at_exit)
+
+    def _end_at_exit(self) -> None:
+        self._end("KILLED" if MultirunParentCallback.interrupted else "FAILED")
 
     def _end(self, status: str) -> None:
         if self._tracker is not None:

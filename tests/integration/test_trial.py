@@ -3,8 +3,10 @@ scores are computed once; a Hydra multirun groups its jobs under one parent run;
 RUNNING."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -162,3 +164,22 @@ def test_a_multirun_stopped_by_a_failing_job_ends_its_parent_run(shared_data, te
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
     assert {r.info.status for r in runs} == {"FAILED"}
+
+
+def test_a_multirun_stopped_by_sigterm_ends_its_parent_run_killed(shared_data, test_cache, tmp_path):
+    """SIGTERM (scancel, `timeout`) mid-job: the job's run and the multirun's parent both end KILLED."""
+    db, log = tmp_path / "mlflow.db", tmp_path / "run.log"
+    args = _overrides(shared_data, test_cache, db, "finetune.max_steps=100000", "finetune.batch_size=8")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "hybridsweep", "-m", "+criterion=l1", "layer_ratio=0,0.3",
+                                 *args], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while "fine-tune" not in log.read_text(errors="replace"):  # the first job is fine-tuning
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+        time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, log.read_text(errors="replace")[-3000:]
+    runs = _runs(db)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and len(runs) == 2
+    assert {r.info.status for r in runs} == {"KILLED"}
