@@ -81,6 +81,13 @@ echo '&&&& RUNNING TensorRT.trtexec [TensorRT v8201] # trtexec --onnx=model.onnx
 echo '&&&& PASSED TensorRT.trtexec [TensorRT v8201] # trtexec --onnx=model.onnx --fp16'
 """
 
+# Saves the engine, then fails timing it: the engine must not stay on the device.
+SAVES_THEN_FAILS_TRTEXEC = """#!/bin/sh
+for arg in "$@"; do case "$arg" in --saveEngine=*) printf 'engine' > "${arg#--saveEngine=}" ;; esac; done
+echo '[E] Error[2]: [executionContext.cpp::enqueue] out of memory'
+exit 1
+"""
+
 HANGING_TRTEXEC = """#!/bin/sh
 sleep 30
 """
@@ -333,6 +340,11 @@ def test_task_export_builds_the_engine_on_the_device_and_fetches_it(device, tmp_
     assert engine.path == out and out.read_text() == f"engine of {onnx_name}"
     assert engine.facts["tensorrt"] == "8.2.1" and engine.facts["device_median_ms"] == "13.67"
     assert list(device.remote_dir.iterdir()) == []  # the model and the engine are removed there
+
+    install_trtexec(device, SAVES_THEN_FAILS_TRTEXEC)
+    with pytest.raises(DeviceUnavailable, match="trtexec exited with status 1 .*out of memory"):
+        build_engine(cfg, small_net(), SAMPLE, tmp_path / "failed.engine")
+    assert list(device.remote_dir.iterdir()) == [] and not (tmp_path / "failed.engine").exists()
 
     ratio_only = compose_config("task=export", "export.engine=jetson")
     with pytest.raises(UserError, match="export.engine=jetson builds on the device of latency=jetson"):
