@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,9 +78,10 @@ class RunLogger:
                 path = Path(tmp) / name
                 meta = Model(artifact_path=logged.artifact_location, run_id=self.run_id,
                              model_uuid=logged.model_id, model_id=logged.model_id)
-                mlflow.pytorch.save_model(model, path, mlflow_model=meta, signature=signature,
-                                          input_example=example_input, pip_requirements=_requirements(),
-                                          serialization_format="pickle")
+                with _without_pickle_warning():  # the choice above, made knowingly: not a warning per trial
+                    mlflow.pytorch.save_model(model, path, mlflow_model=meta, signature=signature,
+                                              input_example=example_input, pip_requirements=_requirements(),
+                                              serialization_format="pickle")
                 with store_errors(self.tracker.uri):
                     client.log_model_artifacts(logged.model_id, str(path))
             with store_errors(self.tracker.uri):
@@ -94,6 +95,22 @@ class RunLogger:
 
     def end(self, status: str) -> None:
         self.tracker.end_run(self.run_id, status)
+
+
+@contextmanager
+def _without_pickle_warning():
+    """mlflow.pytorch warns on every pickled save; its other messages still show."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Saving pytorch model by Pickle")
+
+    logger = logging.getLogger("mlflow.pytorch")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 class NullLogger:

@@ -98,12 +98,13 @@ def test_budget_trial_meets_the_flop_budget(shared_data, test_cache, tmp_path):
     assert m["latency_reduction_pct"] == pytest.approx(100 * (1 - 1 / m["speedup"]))
 
 
-def test_trial_logs_its_pruned_model_as_an_mlflow_model(shared_data, test_cache, tmp_path):
+def test_trial_logs_its_pruned_model_as_an_mlflow_model(shared_data, test_cache, tmp_path, capfd):
     db = tmp_path / "mlflow.db"
     cfg = compose_config("+criterion=l1", "channel_ratio=0.3", "layer_ratio=0.3",
                          *_overrides(shared_data, test_cache, db))
     bench = Workbench(test_cache)
     result = run_trial(cfg, bench, tmp_path / "out")
+    assert "Pickle" not in capfd.readouterr().err  # pickled on purpose (RunLogger.model): no warning per trial
 
     mlflow.set_tracking_uri(f"sqlite:///{db}")
     loaded = mlflow.pytorch.load_model(f"runs:/{result.run_id}/model").eval()
