@@ -132,7 +132,7 @@ class EarlyStop:
 
 def stop(study: optuna.Study) -> None:
     """End Optuna's optimize loop after this trial. The screened loop (`screen.py`) runs outside it and checks
-    its own ends (failures, fatal error, the study's total), so there is nothing to stop there."""
+    its own ends (`AfterTrial.finished`, a fatal error), so there is nothing to stop there."""
     with suppress(RuntimeError):  # Optuna: "Study.stop is supposed to be invoked inside an objective function"
         study.stop()
 

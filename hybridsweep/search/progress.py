@@ -30,6 +30,7 @@ class AfterTrial:
         self.register = register  # search.register: the front's models into the Model Registry
         self.failures: list[FrozenTrial] = []
         self.failed_here = 0  # every failure of this run, in a row or not
+        self.surplus = False  # a trial found the study's total reached (other workers fill it): this run is done
         self.durations: list[float] = []
         self.warned_busy = False
 
@@ -93,15 +94,18 @@ class AfterTrial:
                   file=sys.stderr)
 
     def finished(self, study: optuna.Study) -> bool:
-        """The study's total is reached, counting what was fine-tuned (a screened-out plan or a twin ran nothing),
-        or the failure guard tripped. A failed trial is replaced while the guard is on; with the guard off
-        (`max_consecutive_failures=0`) it counts toward the total instead, so a run that only fails still ends."""
-        if self.max_failures and len(self.failures) >= self.max_failures:
+        """The study's total is reached, counting what was fine-tuned (a screened-out plan or a twin ran nothing)
+        or filled by trials other workers are running (a surplus trial), or the failure guard tripped. A failed
+        trial (a plan that could not be built or fine-tuned) is replaced while the guard is on; with the guard off
+        (`max_consecutive_failures=0`) this run's failures count toward the total instead, so a run that only
+        fails still ends."""
+        if self.surplus or (self.max_failures and len(self.failures) >= self.max_failures):
             return True
         spent = sum(counted(t) for t in study.get_trials(deepcopy=False))
         return spent + (0 if self.max_failures else self.failed_here) >= self.n_trials
 
     def record(self, trial: FrozenTrial) -> None:
+        self.surplus |= bool(trial.user_attrs.get("surplus"))
         if trial.state == TrialState.FAIL and not trial.user_attrs.get("surplus"):
             self.failures.append(trial)
             self.failed_here += 1

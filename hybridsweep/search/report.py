@@ -66,7 +66,7 @@ def load_studies(study_names: Iterable[str] | None, storage, setting: str = "sea
     names = list(study_names) if study_names is not None else available
     missing = [n for n in names if n not in available]
     if not names or missing:
-        what = f"{setting}={','.join(missing)}: no such study" if missing else f"{setting}: name a study"
+        what = f"{setting}={','.join(missing)}: no such study" if missing else f"set {setting}=NAME"
         raise UserError(f"{what}; {shown} holds: {', '.join(available)}")
     studies = [optuna.load_study(study_name=n, storage=store) for n in names]
     first = studies[0]

@@ -47,7 +47,7 @@ class StudyConfig(SearchConfig):
     # --- how the search runs
     early_stop: EarlyStop = field(default_factory=EarlyStop)
     max_consecutive_failures: int = 5  # a failed trial is recorded FAIL and replaced; stop after this many in a
-    # row (0: never stop, but run only n_trials - finished trials, failed or not)
+    # row (0: never stop, but this run's failures count toward n_trials, so it still ends)
     heartbeat_s: int = 60  # PostgreSQL: a trial without a heartbeat for 2x this is marked FAIL ...
     retries: int = 1  # ... and retried this many times
     worker: int = 0  # which of several identical workers of one study this process is; it changes the sampler's

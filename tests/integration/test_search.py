@@ -273,6 +273,9 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(shared_data, test_cac
     monkeypatch.setattr(hybridsweep.trial, "run_trial", broken)
     with pytest.raises(UserError, match=r"search: 2 trials failed in a row, the last \(trial 4\) with RuntimeError"):
         _search([*args, "search.n_trials=5", "search.max_consecutive_failures=2"])
+    # without the guard a failure counts toward the total: 2 more trials, both failed, and the run ends
+    study = _search([*args, "search.n_trials=4", "search.max_consecutive_failures=0"])
+    assert [t.state for t in study.trials[5:]] == [TrialState.FAIL, TrialState.FAIL]
     assert "RUNNING" not in {r.info.status for r in _runs(workdir, "flaky")}
 
 
@@ -586,7 +589,7 @@ def test_task_export_writes_the_knee_trial_ready_to_deploy(three_trials, workdir
 
 @pytest.mark.parametrize("extra,message", [
     (["search.study_name=nope"], r"search.study_name=nope: no such study; .* holds: .*three"),
-    ([], r"search.study_name: name a study; search.storage=.* holds: three"),
+    ([], r"set search.study_name=NAME; search.storage=.* holds: three"),
     (["search.study_name=three", "pick=trial:99"], r"pick=trial:99: study three has no trial 99"),
     (["search.study_name=three", "pick=fastest", "pick.max_latency_ms=0.0001"],
      r"pick.max_latency_ms=0.0001: no front trial of study three is that fast; the fastest is trial \d+"),

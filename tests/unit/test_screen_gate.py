@@ -105,3 +105,18 @@ def test_with_the_guard_a_finished_trial_breaks_the_row_and_failures_are_replace
     study.add_trial(create_trial(values=[87.0, 6.0]))
     after.record(study.get_trials(deepcopy=False)[-1])
     assert after.finished(study) and after.failures == []
+
+
+def test_a_surplus_trial_ends_the_run(tmp_path):
+    """Another worker is fine-tuning the study's last trial: the plan this run chose is failed as surplus, and the
+    run ends rather than screening more batches while it waits (the screened loop runs outside Optuna's)."""
+    from hybridsweep.search.progress import AfterTrial
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    after = AfterTrial(None, tmp_path, max_failures=5, n_trials=2)
+    study.add_trial(create_trial(values=[88.0, 6.7]))
+    after.record(study.get_trials(deepcopy=False)[-1])
+    assert not after.finished(study)
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"surplus": True}))
+    after.record(study.get_trials(deepcopy=False)[-1])
+    assert after.finished(study) and after.failures == [] and after.failed_here == 0

@@ -20,7 +20,7 @@ import posixpath
 import re
 import shlex
 import tempfile
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -109,7 +109,7 @@ class JetsonLatency(JetsonSettings):
     def _run_trtexec(self, onnx_path: Path, remote_onnx: str, argv: list[str], opset: int,
                      fetch: tuple[str, Path] | None = None) -> LatencyResult:
         """Copy the ONNX file, run `argv`, read the summary; `fetch` (remote, local) copies a file trtexec wrote
-        back here and removes it there, also when trtexec failed after writing it."""
+        back here and removes it there, also when trtexec exited with an error after writing it."""
         with closing(self._connect()) as device:
             try:
                 status, output = self._copy_and_run(device, onnx_path, remote_onnx, argv)
@@ -117,7 +117,8 @@ class JetsonLatency(JetsonSettings):
                 if status == 0 and fetch is not None:
                     device.fetch(*fetch)
                 elif fetch is not None:
-                    self._run(device, ["rm", "-f", fetch[0]], "connect_timeout_s")
+                    with suppress(DeviceUnavailable, paramiko.SSHException, OSError):  # trtexec's error is the one
+                        self._run(device, ["rm", "-f", fetch[0]], "connect_timeout_s")
             except PermissionError as exc:  # SFTP refused the write: remote_dir belongs to someone else
                 raise UserError(
                     f"latency.remote_dir: cannot write {remote_onnx} on {self.target} ({exc}); set "
