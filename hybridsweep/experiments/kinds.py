@@ -253,9 +253,23 @@ def report_pareto_search(rows: list[dict], folder: Path) -> tuple[str, list[Path
 
     plot = plot_accuracy_latency(rows, "NSGA-II over criterion x order x depth share x FLOP budget 0.4-0.9",
                                  folder / "front.png", extra=[draw_front], relative=True)
+
+    trials = [r for r in rows if r.get("variant") != "reference"]
+    criteria = sorted({r.get("param.criterion", "") for r in trials})  # the colours plot_accuracy_latency gives
+
+    def draw_criterion_fronts(ax) -> None:
+        for i, criterion in enumerate(criteria):
+            own = [r for r in trials if r.get("param.criterion") == criterion]
+            best = sorted((r for r, f in zip(own, front_flags(own, name), strict=True) if f), key=x_of)
+            ax.step([x_of(r) for r in best], [number(r, "finetuned/top1") for r in best], where="post",
+                    color=f"C{i}", lw=1.2, label=f"{criterion}'s own front ({len(best)} of {len(own)})")
+
+    by_criterion = plot_accuracy_latency(rows, "the same trials, one front per criterion",
+                                         folder / "fronts_by_criterion.png", extra=[draw_criterion_fronts],
+                                         relative=True)
     text = (markdown_table(header, lines) + f"\n\n{len(front)} of {len(rows)} trials are on the front. "
             + fidelity_note(rows))
-    return text, [plot]
+    return text, [plot, by_criterion]
 
 
 REPORTS: dict[str, Callable[[list[dict], Path], tuple[str, list[Path]]]] = {
