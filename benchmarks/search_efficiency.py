@@ -175,6 +175,7 @@ def screened_against_unscreened(args) -> None:
         if args.experiments_fidelity:  # where a fine-tune costs minutes, as in experiments/ (conf/fidelity/cpu.yaml)
             base += ["model=resnet56", f"model.weights={DATA}/weights/cifar10_resnet56.pth", "data.train_subset=null",
                      "data.test_subset=null", "screen.bn_images=2000", "finetune.batch_size=128"]
+            root.mkdir(parents=True, exist_ok=True)
             print(f"studies and their CPU seconds in {root} (a rerun resumes them; delete it to start over)")
         runs = {"unscreened": ["search.screen.candidates=1"],
                 "screened": [f"search.screen.candidates={args.screen}", "search.screen.test_images=1000"]}
