@@ -49,14 +49,19 @@ def worker_alive(worker: str | None) -> bool | None:
     return True
 
 
+RETRY_OF = "retry_of"  # user attr of a trial queued to rerun a killed one: its number
+
+
 def fail_dead_trials(study: optuna.Study, tracker: Tracker, heartbeat: bool = False) -> list[int]:
-    """Trials RUNNING whose worker process on this host is gone: FAIL, run KILLED. With a heartbeat (PostgreSQL),
-    also trials of any host whose heartbeat is stale (FAIL, then retried)."""
+    """Trials RUNNING whose worker process on this host is gone: FAIL, run KILLED, and their plan queued to run
+    again first (once: a plan that keeps killing its worker is not retried for ever), so a sweep stopped by a
+    session's end or a reboot loses no plan its sampler chose. With a heartbeat (PostgreSQL), also trials of any
+    host whose heartbeat is stale (FAIL, then retried by Optuna)."""
     if heartbeat:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-    failed = []
+    failed, retried = [], []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if worker_alive(t.user_attrs.get("worker")) is not False:
             continue
@@ -66,7 +71,11 @@ def fail_dead_trials(study: optuna.Study, tracker: Tracker, heartbeat: bool = Fa
             continue
         tracker.end_run(t.user_attrs.get("mlflow_run_id"), "KILLED", {"optuna.state": "FAIL"})
         failed.append(t.number)
+        if RETRY_OF not in t.user_attrs and not t.user_attrs.get("screening") and t.params:
+            study.enqueue_trial(t.params, user_attrs={RETRY_OF: t.number})
+            retried.append(t.number)
     if failed:
+        again = f"; trial(s) {', '.join(map(str, retried))} run again first" if retried else ""
         print(f"search: trial(s) {', '.join(map(str, failed))} were left RUNNING by a worker that is gone; "
-              "marked FAIL (their MLflow runs KILLED)")
+              f"marked FAIL (their MLflow runs KILLED){again}")
     return failed

@@ -310,6 +310,9 @@ def test_kill_mid_trial_then_rerun_keeps_every_finished_trial(shared_data, test_
     study = optuna.load_study(study_name="killed", storage=storage)
     states = _states(study)
     assert states[killed.number] == TrialState.FAIL
+    retry = study.trials[killed.number + 1]  # the killed plan runs again first (a twin of trial 0 is skipped)
+    assert retry.params == killed.params and retry.user_attrs["retry_of"] == killed.number
+    assert f"trial(s) {killed.number} were left RUNNING by a worker that is gone" in rerun.stdout
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 2 and first.number in {t.number for t in complete}
     assert study.trials[first.number].values == first.values  # the finished trial is kept as it was
