@@ -71,11 +71,21 @@ def fail_dead_trials(study: optuna.Study, tracker: Tracker, heartbeat: bool = Fa
             continue
         tracker.end_run(t.user_attrs.get("mlflow_run_id"), "KILLED", {"optuna.state": "FAIL"})
         failed.append(t.number)
-        if RETRY_OF not in t.user_attrs and not t.user_attrs.get("screening") and t.params:
-            study.enqueue_trial(t.params, user_attrs={RETRY_OF: t.number})
+        if _queue_again(study, t):
             retried.append(t.number)
     if failed:
         again = f"; trial(s) {', '.join(map(str, retried))} run again first" if retried else ""
         print(f"search: trial(s) {', '.join(map(str, failed))} were left RUNNING by a worker that is gone; "
               f"marked FAIL (their MLflow runs KILLED){again}")
     return failed
+
+
+def _queue_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+    """Queue a dead trial's plan to run first: not a retry (once is enough), not a plan that was only being
+    screened (screening is cheap to redo), not one a fellow worker already queued."""
+    if RETRY_OF in trial.user_attrs or trial.user_attrs.get("screening") or not trial.params:
+        return False
+    if any(t.user_attrs.get(RETRY_OF) == trial.number for t in study.get_trials(deepcopy=False)):
+        return False
+    study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+    return True
