@@ -69,10 +69,10 @@ def fail_dead_trials(study: optuna.Study, tracker: Tracker, heartbeat: bool = Fa
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         except ValueError:  # finished meanwhile
             continue
-        tracker.end_run(t.user_attrs.get("mlflow_run_id"), "KILLED", {"optuna.state": "FAIL"})
         failed.append(t.number)
-        if _queue_again(study, t):
+        if _queue_again(study, t):  # before the MLflow run's end, which may fail: the trial is FAIL already
             retried.append(t.number)
+        tracker.end_run(t.user_attrs.get("mlflow_run_id"), "KILLED", {"optuna.state": "FAIL"})
     if failed:
         again = f"; trial(s) {', '.join(map(str, retried))} run again first" if retried else ""
         print(f"search: trial(s) {', '.join(map(str, failed))} were left RUNNING by a worker that is gone; "
@@ -82,7 +82,9 @@ def fail_dead_trials(study: optuna.Study, tracker: Tracker, heartbeat: bool = Fa
 
 def _queue_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
     """Queue a dead trial's plan to run first: not a retry (once is enough), not a plan that was only being
-    screened (screening is cheap to redo), not one a fellow worker already queued."""
+    screened (screening is cheap to redo), not one a fellow worker already queued (two workers finding the same
+    dead trial at the same instant may still both queue it; the twin check then skips the second fine-tune once
+    the first is complete)."""
     if RETRY_OF in trial.user_attrs or trial.user_attrs.get("screening") or not trial.params:
         return False
     if any(t.user_attrs.get(RETRY_OF) == trial.number for t in study.get_trials(deepcopy=False)):
