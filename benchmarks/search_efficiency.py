@@ -104,9 +104,10 @@ def timed_search(overrides: list[str], name: str, spent: dict, ledger: Path | No
     saver.start()
     try:
         study = run_search(compose_trial_config(overrides), overrides)
-    finally:
+    finally:  # a kill (SIGTERM, Ctrl-C) keeps the seconds spent since the last save too
         stop.set()
         saver.join()
+        save(False)
     save(True)
     return study
 
