@@ -58,8 +58,9 @@ def test_a_screened_search_fine_tunes_one_plan_in_k_and_records_the_rest(shared_
         assert by_number[number].user_attrs[MODEL] == t.user_attrs[MODEL]
 
 
-def test_fine_tuned_trials_failing_in_a_row_stop_a_screened_search(shared_data, test_cache, tmp_path, monkeypatch):
-    """Screened-out plans in between do not reset the count of failures in a row."""
+@pytest.fixture
+def fine_tunes_fail(tmp_path, monkeypatch):
+    """Every fine-tune fails; the screening before it runs for real."""
     import hybridsweep.trial
 
     def broken(*args, **kwargs):
@@ -67,6 +68,11 @@ def test_fine_tuned_trials_failing_in_a_row_stop_a_screened_search(shared_data, 
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(hybridsweep.trial, "run_trial", broken)
+
+
+def test_fine_tuned_trials_failing_in_a_row_stop_a_screened_search(shared_data, test_cache, tmp_path,
+                                                                    fine_tunes_fail):
+    """Screened-out plans in between do not reset the count of failures in a row."""
     args = _args(shared_data, test_cache, tmp_path, "search.n_trials=3", "search.study_name=failing",
                  "search.screen.candidates=2", "search.screen.test_images=100", "search.max_consecutive_failures=2")
     with pytest.raises(UserError, match=r"search: 2 trials failed in a row, .* with RuntimeError: out of memory"):
@@ -77,16 +83,9 @@ def test_fine_tuned_trials_failing_in_a_row_stop_a_screened_search(shared_data, 
 
 
 def test_without_the_failure_guard_a_screened_search_whose_fine_tunes_all_fail_still_ends(
-        shared_data, test_cache, tmp_path, monkeypatch):
+        shared_data, test_cache, tmp_path, fine_tunes_fail):
     """`max_consecutive_failures=0` turns the guard off: a failure then counts toward search.n_trials instead of
     being replaced, so the run ends after n_trials fine-tunes, failed or not (it used to loop for ever)."""
-    import hybridsweep.trial
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("out of memory (simulated)")
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(hybridsweep.trial, "run_trial", broken)
     args = _args(shared_data, test_cache, tmp_path, "search.n_trials=2", "search.study_name=unguarded",
                  "search.screen.candidates=2", "search.screen.test_images=100", "search.max_consecutive_failures=0")
     run_search(compose_config(*args), args)
