@@ -171,11 +171,12 @@ class LatencyConfig:
                                                 if f.name not in shared})
 
 
-def backend_settings(latency: DictConfig) -> dict:
-    """A `latency` node's backend settings, as a backend is built from them: without the fields every schema
-    shares (`backend`, and the fallback, which belongs to the trial)."""
+def backend_settings(latency: DictConfig | dict) -> dict:
+    """A `latency` node's (or its plain dict's) backend settings, as a backend is built from them: without the
+    fields every schema shares (`backend`, and the fallback, which belongs to the trial)."""
     shared = {f.name for f in fields(LatencyConfig)}
-    return {k: v for k, v in OmegaConf.to_container(latency, resolve=True).items() if k not in shared}
+    plain = OmegaConf.to_container(latency, resolve=True) if isinstance(latency, DictConfig) else latency
+    return {k: v for k, v in plain.items() if k not in shared}
 
 
 @dataclass

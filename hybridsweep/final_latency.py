@@ -57,8 +57,9 @@ def measure_final(
 ) -> FinalLatency:
     """`settings` is the latency config as a plain dict (backend + its settings; fallback keys are ignored:
     a final figure is measured or it is not given)."""
-    settings = {k: v for k, v in settings.items() if k not in ("fallback", "fallback_profile")}
-    backend = LATENCY_BACKENDS.build(settings.pop("backend"), **settings)
+    from hybridsweep.config import backend_settings
+
+    backend = LATENCY_BACKENDS.build(settings["backend"], **backend_settings(settings))
     base_arch = architecture_signature(baseline)
     arch_of = {label: architecture_signature(model) for label, model in models.items()}
     unique = {base_arch: baseline} | {arch: models[label] for label, arch in arch_of.items() if arch != base_arch}
