@@ -7,6 +7,7 @@ return the objectives; the early-stop rule that may end it after its first epoch
 from __future__ import annotations
 
 import math
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -18,10 +19,10 @@ from optuna.study import StudyDirection
 from optuna.trial import Trial, TrialState
 
 from hybridsweep.command_line import parse_overrides
-from hybridsweep.errors import UserError
+from hybridsweep.errors import UserError, first_line
 from hybridsweep.redaction import redact
 from hybridsweep.search.space import SearchSpace
-from hybridsweep.search.workers import worker_id
+from hybridsweep.search.workers import queue_again, worker_id
 from hybridsweep.tracking import Tracker, TrackingError
 
 OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "params": "minimize", "flops": "minimize"}
@@ -266,6 +267,12 @@ class Objective:
                 traceback.print_exc()
             if isinstance(exc, TrackingError):
                 self._stop_on(exc)
+            if isinstance(exc, KeyboardInterrupt):  # a resumed search runs it first (a grid keeps its point)
+                try:
+                    queue_again(self.study, trial, interrupted=True)
+                except Exception as store:  # the store may be what broke: the stop goes on
+                    print(f"warning: trial {trial.number}'s plan could not be queued to run again: "
+                          f"{first_line(store)}", file=sys.stderr)
             with suppress(TrackingError):
                 status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
                 self.tracker.end_run(run.run_id, status, {"optuna.state": "FAIL"})

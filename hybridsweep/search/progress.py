@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import optuna
@@ -25,9 +27,11 @@ class AfterTrial:
     """`after(study, frozen_trial)`: a callback of Optuna's loop, called by the screened loop too; it keeps the
     failures in a row (`failures`) for the search to report, and says when this run is `finished`."""
 
-    def __init__(self, tracker: Tracker, out_dir: Path, max_failures: int, n_trials: int, register: bool = True):
+    def __init__(self, tracker: Tracker, out_dir: Path, max_failures: int, n_trials: int, register: bool = True,
+                 lock: Callable[[], AbstractContextManager] = nullcontext):
         self.tracker, self.out_dir, self.max_failures, self.n_trials = tracker, out_dir, max_failures, n_trials
         self.register = register  # search.register: the front's models into the Model Registry
+        self.lock = lock  # the study's lock: two workers finishing together would both retry a dead worker's trial
         self.failures: list[FrozenTrial] = []
         self.failed_here = 0  # every failure of this run, in a row or not
         self.surplus = False  # a trial found the study's total reached (other workers fill it): this run is done
@@ -117,7 +121,8 @@ class AfterTrial:
         if self.finished(study):
             stop(study)
         try:
-            fail_dead_trials(study, self.tracker)  # a killed fellow worker's trial must not hold its place
+            with self.lock():
+                fail_dead_trials(study, self.tracker)  # a killed fellow worker's trial must not hold its place
         except Exception as exc:  # bookkeeping must never cost the study
             print(f"warning: could not check other workers' trials: {first_line(exc)}", file=sys.stderr)
         if not trial.user_attrs.get("surplus"):

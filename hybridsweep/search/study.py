@@ -210,7 +210,8 @@ def optimise(run: OpenStudy) -> tuple[AfterTrial, list[Path], float]:
     """Run here what the study's total still misses; however it ends, the front is published and the runs
     closed. Returns the after-trial callback (its failures in a row), the front's files and the seconds spent."""
     study, settings = run.study, run.settings
-    after = AfterTrial(run.tracker, run.out_dir, settings.max_consecutive_failures, run.n_trials, settings.register)
+    after = AfterTrial(run.tracker, run.out_dir, settings.max_consecutive_failures, run.n_trials, settings.register,
+                       lock=lambda: study_lock(settings.storage, run.storage, study.study_name))
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     running = sum(not t.user_attrs.get("screening")
                   for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))

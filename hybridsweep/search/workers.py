@@ -70,7 +70,7 @@ def fail_dead_trials(study: optuna.Study, tracker: Tracker, heartbeat: bool = Fa
         except ValueError:  # finished meanwhile
             continue
         failed.append(t.number)
-        if _queue_again(study, t):  # before the MLflow run's end, which may fail: the trial is FAIL already
+        if queue_again(study, t):  # before the MLflow run's end, which may fail: the trial is FAIL already
             retried.append(t.number)
         tracker.end_run(t.user_attrs.get("mlflow_run_id"), "KILLED", {"optuna.state": "FAIL"})
     if failed:
@@ -80,14 +80,15 @@ def fail_dead_trials(study: optuna.Study, tracker: Tracker, heartbeat: bool = Fa
     return failed
 
 
-def _queue_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-    """Queue a dead trial's plan to run first: not a retry (once is enough), not a plan that was only being
-    screened (screening is cheap to redo), not one a fellow worker already queued (two workers finding the same
-    dead trial at the same instant may still both queue it; the twin check then skips the second fine-tune once
-    the first is complete)."""
-    if RETRY_OF in trial.user_attrs or trial.user_attrs.get("screening") or not trial.params:
+def queue_again(study: optuna.Study, trial, interrupted: bool = False) -> bool:
+    """Queue a dead or interrupted trial's plan to run first: not a plan that was only being screened (screening
+    is cheap to redo), not one a fellow worker already queued. A dead worker's plan is retried once (a plan that
+    keeps killing its worker, out of memory, is not retried for ever); a plan stopped by Ctrl-C or SIGTERM is
+    queued whenever it is stopped, since the stop was not its fault. Without this a grid search would lose the
+    point: Optuna's GridSampler counts a failed trial's point as visited."""
+    if (RETRY_OF in trial.user_attrs and not interrupted) or trial.user_attrs.get("screening") or not trial.params:
         return False
     if any(t.user_attrs.get(RETRY_OF) == trial.number for t in study.get_trials(deepcopy=False)):
         return False
-    study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+    study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF: trial.number})
     return True

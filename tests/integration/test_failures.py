@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from hybridsweep.errors import UserError
 from hybridsweep.search import run_search
 from hybridsweep.search.storage import open_storage
+from hybridsweep.search.workers import RETRY_OF
 from hybridsweep.tracking import TrackingError
 from tests.helpers import cheap_real_overrides, compose_config
 
@@ -168,7 +169,7 @@ def test_late_checks_run_before_any_work(tmp_path, typed, setting):
     assert len(_errors(done.stderr)) == 1 and setting in done.stderr, done.stderr
 
 
-def test_sigterm_mid_trial_fails_the_trial_and_leaves_nothing_running(shared_data, test_cache, tmp_path):
+def test_sigterm_mid_trial_queues_the_plan_again_and_leaves_nothing_running(shared_data, test_cache, tmp_path):
     args = _args(shared_data, test_cache, "search.storage=sqlite:///optuna.db", "search.n_trials=2",
                  "search.study_name=term", "finetune.batch_size=8", steps=100000)
     proc = _start(args, tmp_path, tmp_path / "run.log")
@@ -187,7 +188,9 @@ def test_sigterm_mid_trial_fails_the_trial_and_leaves_nothing_running(shared_dat
     assert "Traceback" not in log
     assert "stopped by SIGTERM" in log
     study = optuna.load_study(study_name="term", storage=open_storage(storage))
-    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    stopped, queued = study.trials  # the stopped plan waits to run first on resume (a grid keeps its point)
+    assert (stopped.state, queued.state) == (TrialState.FAIL, TrialState.WAITING)
+    assert queued.user_attrs[RETRY_OF] == stopped.number and queued.system_attrs["fixed_params"] == stopped.params
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("term").experiment_id])
     assert {r.info.status for r in runs} == {"KILLED"}  # the trial's run and the parent, none RUNNING

@@ -1,10 +1,12 @@
-"""A dead worker's trial is queued to run again once (`search/workers.py`)."""
+"""A dead worker's trial is queued to run again once, an interrupted one whenever it is stopped
+(`search/workers.py`)."""
 
 import optuna
+import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from hybridsweep.search.workers import RETRY_OF, _queue_again
+from hybridsweep.search.workers import RETRY_OF, queue_again
 
 
 def dead(study, **user_attrs):
@@ -16,8 +18,8 @@ def dead(study, **user_attrs):
 def test_a_dead_trial_runs_again_first_once():
     study = optuna.create_study(directions=["maximize", "minimize"])
     trial = dead(study)
-    assert _queue_again(study, trial)
-    assert not _queue_again(study, trial)  # a fellow worker found it dead too: queued once
+    assert queue_again(study, trial)
+    assert not queue_again(study, trial)  # a fellow worker found it dead too: queued once
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     assert [t.user_attrs for t in waiting] == [{RETRY_OF: trial.number}]
     retry = study.ask()
@@ -27,6 +29,67 @@ def test_a_dead_trial_runs_again_first_once():
 
 def test_a_retry_or_a_plan_only_being_screened_is_not_queued():
     study = optuna.create_study(directions=["maximize", "minimize"])
-    assert not _queue_again(study, dead(study, **{RETRY_OF: 0}))
-    assert not _queue_again(study, dead(study, screening=True))
+    assert not queue_again(study, dead(study, **{RETRY_OF: 0}))
+    assert not queue_again(study, dead(study, screening=True))
     assert not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+
+
+def test_a_plan_stopped_by_ctrl_c_is_queued_even_when_it_was_a_retry():
+    """The stop was not the plan's fault: unlike a dead worker's retry, it runs again however often it is stopped."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dead(study)
+    retry = dead(study, **{RETRY_OF: 0})
+    assert not queue_again(study, retry)
+    assert queue_again(study, retry, interrupted=True)
+    assert not queue_again(study, retry, interrupted=True)  # queued once per stopped trial
+    assert not queue_again(study, dead(study, screening=True), interrupted=True)
+
+
+def test_a_grid_search_stopped_mid_trial_runs_the_point_on_resume():
+    """Optuna's GridSampler counts a failed trial's point as visited: without the queued plan, a grid search
+    resumed after Ctrl-C would end with that point never run."""
+    grid = {"depth_share": [0.0, 0.5, 1.0]}
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler(grid, seed=0))
+    stopped = []
+
+    def objective(trial):
+        x = trial.suggest_categorical("depth_share", grid["depth_share"])
+        if not stopped:
+            stopped.append(x)
+            queue_again(study, trial, interrupted=True)  # what Objective does on KeyboardInterrupt
+            raise KeyboardInterrupt
+        return x
+
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective)
+    study.optimize(objective)  # the resume
+    done = [t.params["depth_share"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    assert sorted(done) == grid["depth_share"] and stopped[0] in done
+
+
+class Lock:
+    held = False
+
+    def __call__(self):
+        return self
+
+    def __enter__(self):
+        assert not self.held
+        self.held = True
+
+    def __exit__(self, *exc):
+        self.held = False
+
+
+def test_workers_finishing_together_look_for_dead_trials_under_the_study_lock(tmp_path, monkeypatch):
+    """Two workers' after-trial checks finding one dead trial would both queue its plan without the lock."""
+    from hybridsweep.search import progress
+
+    lock, seen = Lock(), []
+    monkeypatch.setattr(progress, "fail_dead_trials", lambda study, tracker: seen.append(lock.held) or [])
+    monkeypatch.setattr(progress.AfterTrial, "publish", lambda self, study: [])
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(create_trial(values=[88.0, 6.7]))
+    after = progress.AfterTrial(None, tmp_path, max_failures=5, n_trials=2, lock=lock)
+    after(study, study.get_trials(deepcopy=False)[-1])
+    assert seen == [True] and not lock.held
