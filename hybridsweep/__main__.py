@@ -56,8 +56,8 @@ def main() -> None:
 
         MultirunParentCallback.interrupted = True  # a multirun's parent run ends KILLED, like its job's
         name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
-        print(f"stopped by {name}: the running trial's MLflow run is marked KILLED (a search's trial FAIL, "
-              "its plan queued to run first); rerun the same command to resume", file=sys.stderr)
+        print(f"stopped by {name}: the running trial's MLflow run is marked KILLED (a search's trial FAIL); "
+              "rerun the same command to resume", file=sys.stderr)
         sys.exit(code)
 
 

@@ -7,7 +7,6 @@ return the objectives; the early-stop rule that may end it after its first epoch
 from __future__ import annotations
 
 import math
-import sys
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -19,10 +18,10 @@ from optuna.study import StudyDirection
 from optuna.trial import Trial, TrialState
 
 from hybridsweep.command_line import parse_overrides
-from hybridsweep.errors import UserError, first_line
+from hybridsweep.errors import UserError
 from hybridsweep.redaction import redact
 from hybridsweep.search.space import SearchSpace
-from hybridsweep.search.workers import queue_again, worker_id
+from hybridsweep.search.workers import worker_id
 from hybridsweep.tracking import Tracker, TrackingError
 
 OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "params": "minimize", "flops": "minimize"}
@@ -159,6 +158,7 @@ class Objective:
     study: optuna.Study | None = None
     fatal: UserError | None = None  # set when the MLflow store broke, or no new plan comes: the search ends with it
     twins_in_a_row: int = 0  # plans of this run in a row whose pruned model the study had already fine-tuned
+    stopped: int | None = None  # the trial a Ctrl-C or SIGTERM stopped in this run: optimise queues its plan
 
     def _surplus(self, trial: Trial) -> bool:
         """Finished trials, and running ones started before this one, already make the study's total (plans
@@ -222,11 +222,6 @@ class Objective:
         stop(self.study)
 
     def __call__(self, trial: Trial) -> tuple[float, ...]:
-        from hybridsweep.pruning.plan import BUDGET_TOLERANCE
-        from hybridsweep.search.screen import SCREENED_OUT
-        from hybridsweep.trial import run_trial
-        from hybridsweep.workbench import workbench
-
         trial.set_user_attr("worker", worker_id())
         if trial.user_attrs.get("screening"):
             trial.set_user_attr("screening", False)  # chosen: from now on it is a trial like any other
@@ -234,6 +229,19 @@ class Objective:
             stop(self.study)
             trial.set_user_attr("surplus", True)
             raise SurplusTrial(f"the study already has its {self.n_trials} trials; this one is not run")
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:
+            self.stopped = trial.number
+            raise
+
+    def _run(self, trial: Trial) -> tuple[float, ...]:
+        """Build, fine-tune and measure the trial's plan; its objectives."""
+        from hybridsweep.pruning.plan import BUDGET_TOLERANCE
+        from hybridsweep.search.screen import SCREENED_OUT
+        from hybridsweep.trial import run_trial
+        from hybridsweep.workbench import workbench
+
         cfg = self.trial_config(trial)
         plan, group = trial.user_attrs["plan"], trial.user_attrs["budget_group"]
         out = Path(cfg.paths.output_dir)
@@ -267,12 +275,6 @@ class Objective:
                 traceback.print_exc()
             if isinstance(exc, TrackingError):
                 self._stop_on(exc)
-            if isinstance(exc, KeyboardInterrupt):  # a resumed search runs it first (a grid keeps its point)
-                try:
-                    queue_again(self.study, trial, interrupted=True)
-                except Exception as store:  # the store may be what broke: the stop goes on
-                    print(f"warning: trial {trial.number}'s plan could not be queued to run again: "
-                          f"{first_line(store)}", file=sys.stderr)
             with suppress(TrackingError):
                 status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
                 self.tracker.end_run(run.run_id, status, {"optuna.state": "FAIL"})

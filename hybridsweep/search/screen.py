@@ -14,6 +14,9 @@ says whether the figure was measured or predicted). `search.screen.latency=lut` 
 plan is pruned and its latency predicted (no accuracy is measured: there is nothing to rank), and only a plan under
 the threshold is fine-tuned.
 
+A queued retry (the plan of a trial that Ctrl-C, SIGTERM or a dead worker cut short; `workers.queue_again`) was
+chosen before: it is screened alone and fine-tuned unless it cannot add anything.
+
 Why Optuna's ask-and-tell on the study itself rather than a second study for the screen: one study holds every
 plan the sampler proposed, so a resumed search, several workers and the dashboard all see the same history,
 and `search.n_trials` keeps meaning the fine-tuned trials. The sampler learns from the fine-tuned trials'
@@ -32,6 +35,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from hybridsweep.errors import UserError
 from hybridsweep.redaction import redact
 from hybridsweep.search.front import non_dominated
+from hybridsweep.search.workers import RETRY_OF
 
 SCREENED_OUT = "screened_out"  # user attr: why a plan was not fine-tuned
 ABN, LATENCY = "screen/adaptive_bn_top1", "screen/latency_ms"
@@ -150,7 +154,9 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
     empty = 0
     blocked: list[tuple[str, float]] = []  # (why, screen ms) of the plans in a row that could not add anything
     while not after.finished(study) and objective.fatal is None:
-        batch = [study.ask() for _ in range(settings.candidates)]
+        batch = [study.ask()]  # a queued retry (a stopped or dead worker's trial) was chosen before: it runs alone
+        if RETRY_OF not in batch[0].user_attrs:
+            batch += [study.ask() for _ in range(settings.candidates - 1)]
         asked = list(batch)
         try:
             scored = []
@@ -167,8 +173,7 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
             blocked = [] if scored else blocked + dropped
             if len(blocked) >= MAX_BLOCKED:
                 raise UserError(blocked_message(blocked, objective.max_latency_ms))
-            chosen = _choose(study, objective, scored, force=empty >= MAX_EMPTY_BATCHES,
-                             front_only=settings.candidates > 1)
+            chosen = _choose(study, objective, scored, force=empty >= MAX_EMPTY_BATCHES, front_only=len(batch) > 1)
             empty = 0 if chosen is not None else empty + 1
             for trial, top1, ms in scored:
                 if chosen is not None and trial is chosen[0]:

@@ -7,6 +7,7 @@ machines, with a heartbeat that fails and retries the trial of a worker that sto
 from __future__ import annotations
 
 import hashlib
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,12 +83,14 @@ def open_existing(spec: str) -> BaseStorage:
 
 @contextmanager
 def study_lock(spec: str, storage: BaseStorage, name: str):
-    """Serialise the set-up (study, parent run, dead trials) between workers starting together."""
+    """Serialise between a study's workers what they would race on: the set-up (study, parent run, dead trials),
+    the dead-trial check after each trial, the final latency pass. A wait is said, so that it is not a hang."""
+    waiting = f"search: waiting for another worker of study {name} (setting up, or re-measuring the front)"
     path = local_file(str(spec))
     if path is not None:
         from hybridsweep.cache import file_lock
 
-        with file_lock(path.with_name(path.name + ".hybridsweep.lock")):
+        with file_lock(path.with_name(path.name + ".hybridsweep.lock"), waiting):
             yield
         return
     if isinstance(storage, RDBStorage) and storage.engine.dialect.name == "postgresql":
@@ -95,7 +98,9 @@ def study_lock(spec: str, storage: BaseStorage, name: str):
 
         key = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
         with storage.engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+                print(waiting, file=sys.stderr, flush=True)
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
             try:
                 yield
             finally:

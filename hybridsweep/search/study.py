@@ -36,7 +36,7 @@ from hybridsweep.search.screen import counted, optimize_screened, screens
 from hybridsweep.search.settings import StudyConfig
 from hybridsweep.search.space import SearchSpace, fixed_keys, parse_space
 from hybridsweep.search.storage import open_storage, study_lock
-from hybridsweep.search.workers import fail_dead_trials
+from hybridsweep.search.workers import fail_dead_trials, queue_again
 from hybridsweep.tracking import Tracker, TrackingError
 
 
@@ -242,6 +242,7 @@ def optimise(run: OpenStudy) -> tuple[AfterTrial, list[Path], float]:
                 final_pass(study, compose_trial_config(run.base), run.tracker)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see __main__)
         status = "KILLED"
+        queue_stopped(study, objective.stopped)
         raise
     finally:
         # the store may be what failed: the error already raised is the one line to show
@@ -250,6 +251,18 @@ def optimise(run: OpenStudy) -> tuple[AfterTrial, list[Path], float]:
             run.tracker.close_orphans(study)
             run.tracker.finish(study, status)
     return after, files, time.perf_counter() - start
+
+
+def queue_stopped(study: optuna.Study, number: int | None) -> None:
+    """The trial the stop failed (Optuna's loop and the screened one have told it FAIL by now) runs first when the
+    search resumes; a trial that had completed, or a plan only being screened, is not queued."""
+    if number is None:
+        return
+    try:
+        if queue_again(study, study.get_trials(deepcopy=False)[number], interrupted=True):
+            print(f"search: trial {number} was stopped; its plan runs first when the search resumes", file=sys.stderr)
+    except Exception as exc:  # the store may be what broke: the stop goes on
+        print(f"warning: trial {number}'s plan could not be queued to run again: {first_line(exc)}", file=sys.stderr)
 
 
 MEASURED_ATTR = "final_pass_of"  # study user attr: the complete trials the last final pass measured

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from hybridsweep.tracking import Tracker
 
@@ -70,7 +70,8 @@ def fail_dead_trials(study: optuna.Study, tracker: Tracker, heartbeat: bool = Fa
         except ValueError:  # finished meanwhile
             continue
         failed.append(t.number)
-        if queue_again(study, t):  # before the MLflow run's end, which may fail: the trial is FAIL already
+        # queued before the MLflow run's end, which may fail: the trial is FAIL already (re-read: its new state)
+        if queue_again(study, study.get_trials(deepcopy=False)[t.number]):
             retried.append(t.number)
         tracker.end_run(t.user_attrs.get("mlflow_run_id"), "KILLED", {"optuna.state": "FAIL"})
     if failed:
@@ -80,15 +81,17 @@ def fail_dead_trials(study: optuna.Study, tracker: Tracker, heartbeat: bool = Fa
     return failed
 
 
-def queue_again(study: optuna.Study, trial, interrupted: bool = False) -> bool:
-    """Queue a dead or interrupted trial's plan to run first: not a plan that was only being screened (screening
-    is cheap to redo), not one a fellow worker already queued. A dead worker's plan is retried once (a plan that
-    keeps killing its worker, out of memory, is not retried for ever); a plan stopped by Ctrl-C or SIGTERM is
-    queued whenever it is stopped, since the stop was not its fault. Without this a grid search would lose the
-    point: Optuna's GridSampler counts a failed trial's point as visited."""
-    if (RETRY_OF in trial.user_attrs and not interrupted) or trial.user_attrs.get("screening") or not trial.params:
+def queue_again(study: optuna.Study, trial: FrozenTrial, interrupted: bool = False) -> bool:
+    """Queue a failed trial's plan to run first: not a plan that was only being screened (screening is cheap to
+    redo), not one already queued. A dead worker's plan is retried once (a plan that keeps killing its worker,
+    out of memory, is not retried for ever); a plan stopped by Ctrl-C or SIGTERM whenever it is stopped, since the
+    stop was not its fault. The retry keeps the trial's system attributes, as Optuna's RetryFailedTrialCallback
+    does: GridSampler counts a failed trial's point as visited, and finds the point again by its `grid_id`."""
+    if trial.state != TrialState.FAIL or (RETRY_OF in trial.user_attrs and not interrupted) \
+            or trial.user_attrs.get("screening") or not trial.params:
         return False
     if any(t.user_attrs.get(RETRY_OF) == trial.number for t in study.get_trials(deepcopy=False)):
         return False
-    study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF: trial.number})
+    study.add_trial(create_trial(state=TrialState.WAITING, user_attrs={RETRY_OF: trial.number},
+                                 system_attrs={**trial.system_attrs, "fixed_params": dict(trial.params)}))
     return True

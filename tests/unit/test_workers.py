@@ -6,6 +6,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from hybridsweep.search.study import queue_stopped
 from hybridsweep.search.workers import RETRY_OF, queue_again
 
 
@@ -43,28 +44,54 @@ def test_a_plan_stopped_by_ctrl_c_is_queued_even_when_it_was_a_retry():
     assert queue_again(study, retry, interrupted=True)
     assert not queue_again(study, retry, interrupted=True)  # queued once per stopped trial
     assert not queue_again(study, dead(study, screening=True), interrupted=True)
+    study.add_trial(create_trial(values=[88.0, 6.7], params={"depth_share": 0.4},
+                                 distributions={"depth_share": FloatDistribution(0, 1)}))
+    assert not queue_again(study, study.trials[-1], interrupted=True)  # it completed before the stop
 
 
-def test_a_grid_search_stopped_mid_trial_runs_the_point_on_resume():
+@pytest.mark.parametrize("stop_at", [0, 1, 2])
+def test_a_grid_search_stopped_mid_trial_runs_the_point_on_resume(stop_at):
     """Optuna's GridSampler counts a failed trial's point as visited: without the queued plan, a grid search
-    resumed after Ctrl-C would end with that point never run."""
+    resumed after Ctrl-C would end with that point never run; and a retry without the point's `grid_id` broke
+    GridSampler's bookkeeping (KeyError) when it finished with one point left."""
     grid = {"depth_share": [0.0, 0.5, 1.0]}
     study = optuna.create_study(sampler=optuna.samplers.GridSampler(grid, seed=0))
-    stopped = []
 
     def objective(trial):
         x = trial.suggest_categorical("depth_share", grid["depth_share"])
-        if not stopped:
-            stopped.append(x)
-            queue_again(study, trial, interrupted=True)  # what Objective does on KeyboardInterrupt
+        if trial.number == stop_at:
             raise KeyboardInterrupt
         return x
 
     with pytest.raises(KeyboardInterrupt):
         study.optimize(objective)
+    queue_stopped(study, stop_at)  # what the search does as the stop unwinds
     study.optimize(objective)  # the resume
     done = [t.params["depth_share"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
-    assert sorted(done) == grid["depth_share"] and stopped[0] in done
+    assert sorted(done) == grid["depth_share"]
+    assert study.trials[stop_at].params["depth_share"] in done
+
+
+def test_a_queued_retry_is_fine_tuned_alone_in_a_screened_search(tmp_path, monkeypatch):
+    """The retried plan was chosen by screening before: it is not screened out by a new batch of candidates."""
+    from hybridsweep.search import screen
+    from hybridsweep.search.progress import AfterTrial
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    assert queue_again(study, dead(study), interrupted=True)
+    monkeypatch.setattr(screen.Screener, "__init__", lambda self, settings, objective: None)
+    monkeypatch.setattr(screen.Screener, "score", lambda self, trial: (70.0, 6.0))
+    monkeypatch.setattr(AfterTrial, "publish", lambda self, study: [])
+
+    class Objective:
+        fatal = max_latency_ms = None
+
+        def __call__(self, trial):
+            return 88.0, trial.suggest_float("depth_share", 0, 1) + 6.0
+
+    screen.optimize_screened(study, Objective(), screen.ScreenSettings(candidates=4),
+                             AfterTrial(None, tmp_path, max_failures=5, n_trials=1))
+    assert [(t.state, t.values) for t in study.trials] == [(TrialState.FAIL, None), (TrialState.COMPLETE, [88.0, 6.4])]
 
 
 class Lock:
