@@ -14,8 +14,8 @@ says whether the figure was measured or predicted). `search.screen.latency=lut` 
 plan is pruned and its latency predicted (no accuracy is measured: there is nothing to rank), and only a plan under
 the threshold is fine-tuned.
 
-A queued retry (the plan of a trial that Ctrl-C, SIGTERM or a dead worker cut short; `workers.queue_again`) was
-chosen before: it is screened alone and fine-tuned unless it cannot add anything.
+A queued retry (the plan of a trial that Ctrl-C, SIGTERM or a dead worker cut short; `workers.queue_again`) is
+fine-tuned without screening: it was screened and chosen before, and its screen scores come with it.
 
 Why Optuna's ask-and-tell on the study itself rather than a second study for the screen: one study holds every
 plan the sampler proposed, so a resumed search, several workers and the dashboard all see the same history,
@@ -154,37 +154,42 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
     empty = 0
     blocked: list[tuple[str, float]] = []  # (why, screen ms) of the plans in a row that could not add anything
     while not after.finished(study) and objective.fatal is None:
-        batch = [study.ask()]  # a queued retry (a stopped or dead worker's trial) was chosen before: it runs alone
-        if RETRY_OF not in batch[0].user_attrs:
+        batch = [study.ask()]
+        retry = RETRY_OF in batch[0].user_attrs  # a stopped or dead worker's plan, chosen before: it runs alone
+        if not retry:
             batch += [study.ask() for _ in range(settings.candidates - 1)]
         asked = list(batch)
         try:
-            scored = []
-            for trial in batch:
-                try:
-                    scored.append((trial, *screener.score(trial)))
-                except (UserError, KeyboardInterrupt):
-                    raise
-                except Exception as exc:  # one plan that cannot be built must not cost the batch
-                    trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:1000])
+            if retry:
+                trial = batch[0]
+            else:
+                scored = []
+                for trial in batch:
+                    try:
+                        scored.append((trial, *screener.score(trial)))
+                    except (UserError, KeyboardInterrupt):
+                        raise
+                    except Exception as exc:  # one plan that cannot be built must not cost the batch
+                        trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:1000])
+                        asked.remove(trial)
+                        after(study, study.tell(trial, state=TrialState.FAIL))
+                scored, dropped = _gate(study, scored, objective.max_latency_ms, asked, after)
+                blocked = [] if scored else blocked + dropped
+                if len(blocked) >= MAX_BLOCKED:
+                    raise UserError(blocked_message(blocked, objective.max_latency_ms))
+                chosen = _choose(study, objective, scored, force=empty >= MAX_EMPTY_BATCHES,
+                                 front_only=settings.candidates > 1)
+                empty = 0 if chosen is not None else empty + 1
+                for trial, top1, ms in scored:
+                    if chosen is not None and trial is chosen[0]:
+                        continue
+                    reason = chosen[1] if chosen is not None else "no plan of its batch could join the front"
+                    trial.set_user_attr(SCREENED_OUT, f"{scores_text(top1, ms)}: {reason}")
                     asked.remove(trial)
-                    after(study, study.tell(trial, state=TrialState.FAIL))
-            scored, dropped = _gate(study, scored, objective.max_latency_ms, asked, after)
-            blocked = [] if scored else blocked + dropped
-            if len(blocked) >= MAX_BLOCKED:
-                raise UserError(blocked_message(blocked, objective.max_latency_ms))
-            chosen = _choose(study, objective, scored, force=empty >= MAX_EMPTY_BATCHES, front_only=len(batch) > 1)
-            empty = 0 if chosen is not None else empty + 1
-            for trial, top1, ms in scored:
-                if chosen is not None and trial is chosen[0]:
+                    after(study, study.tell(trial, state=TrialState.PRUNED))
+                if chosen is None:
                     continue
-                reason = chosen[1] if chosen is not None else "no plan of its batch could join the front"
-                trial.set_user_attr(SCREENED_OUT, f"{scores_text(top1, ms)}: {reason}")
-                asked.remove(trial)
-                after(study, study.tell(trial, state=TrialState.PRUNED))
-            if chosen is None:
-                continue
-            trial = chosen[0]
+                trial = chosen[0]
             try:
                 values = objective(trial)
             except optuna.TrialPruned:

@@ -85,7 +85,7 @@ def open_existing(spec: str) -> BaseStorage:
 def study_lock(spec: str, storage: BaseStorage, name: str):
     """Serialise between a study's workers what they would race on: the set-up (study, parent run, dead trials),
     the dead-trial check after each trial, the final latency pass. A wait is said, so that it is not a hang."""
-    waiting = f"search: waiting for another worker of study {name} (setting up, or re-measuring the front)"
+    waiting = f"search: waiting for another worker of study {name} (its set-up, dead-trial check or final pass)"
     path = local_file(str(spec))
     if path is not None:
         from hybridsweep.cache import file_lock

@@ -86,12 +86,17 @@ def queue_again(study: optuna.Study, trial: FrozenTrial, interrupted: bool = Fal
     redo), not one already queued. A dead worker's plan is retried once (a plan that keeps killing its worker,
     out of memory, is not retried for ever); a plan stopped by Ctrl-C or SIGTERM whenever it is stopped, since the
     stop was not its fault. The retry keeps the trial's system attributes, as Optuna's RetryFailedTrialCallback
-    does: GridSampler counts a failed trial's point as visited, and finds the point again by its `grid_id`."""
+    does (GridSampler counts a failed trial's point as visited, and finds the point again by its `grid_id`), but
+    not its constraints, which the retry sets anew, nor the record of an earlier Optuna retry; and its screen
+    scores (`screen/...`), so that a screened search need not screen it again."""
     if trial.state != TrialState.FAIL or (RETRY_OF in trial.user_attrs and not interrupted) \
             or trial.user_attrs.get("screening") or not trial.params:
         return False
     if any(t.user_attrs.get(RETRY_OF) == trial.number for t in study.get_trials(deepcopy=False)):
         return False
-    study.add_trial(create_trial(state=TrialState.WAITING, user_attrs={RETRY_OF: trial.number},
-                                 system_attrs={**trial.system_attrs, "fixed_params": dict(trial.params)}))
+    system_attrs = {k: v for k, v in trial.system_attrs.items()
+                    if not k.startswith("constraints") and k not in ("failed_trial", "retry_history")}
+    scores = {k: v for k, v in trial.user_attrs.items() if k.startswith("screen/")}
+    study.add_trial(create_trial(state=TrialState.WAITING, user_attrs={**scores, RETRY_OF: trial.number},
+                                 system_attrs={**system_attrs, "fixed_params": dict(trial.params)}))
     return True

@@ -72,15 +72,20 @@ def test_a_grid_search_stopped_mid_trial_runs_the_point_on_resume(stop_at):
     assert study.trials[stop_at].params["depth_share"] in done
 
 
-def test_a_queued_retry_is_fine_tuned_alone_in_a_screened_search(tmp_path, monkeypatch):
-    """The retried plan was chosen by screening before: it is not screened out by a new batch of candidates."""
+def test_a_queued_retry_is_fine_tuned_without_screening_in_a_screened_search(tmp_path, monkeypatch):
+    """The retried plan was screened and chosen before: a new batch of candidates could screen it out, and a stop
+    while it was screened again would lose it (a plan being screened is not queued)."""
     from hybridsweep.search import screen
     from hybridsweep.search.progress import AfterTrial
 
     study = optuna.create_study(directions=["maximize", "minimize"])
-    assert queue_again(study, dead(study), interrupted=True)
+    assert queue_again(study, dead(study, **{screen.ABN: 71.5, screen.LATENCY: 6.1}), interrupted=True)
+
+    def never(self, trial):
+        raise AssertionError("a retry was screened again")
+
     monkeypatch.setattr(screen.Screener, "__init__", lambda self, settings, objective: None)
-    monkeypatch.setattr(screen.Screener, "score", lambda self, trial: (70.0, 6.0))
+    monkeypatch.setattr(screen.Screener, "score", never)
     monkeypatch.setattr(AfterTrial, "publish", lambda self, study: [])
 
     class Objective:
@@ -92,6 +97,23 @@ def test_a_queued_retry_is_fine_tuned_alone_in_a_screened_search(tmp_path, monke
     screen.optimize_screened(study, Objective(), screen.ScreenSettings(candidates=4),
                              AfterTrial(None, tmp_path, max_failures=5, n_trials=1))
     assert [(t.state, t.values) for t in study.trials] == [(TrialState.FAIL, None), (TrialState.COMPLETE, [88.0, 6.4])]
+    assert study.trials[1].user_attrs == {screen.ABN: 71.5, screen.LATENCY: 6.1, RETRY_OF: 0}
+
+
+def test_a_retry_sets_its_own_constraints():
+    """A trial stopped after `set_constraint` (a stop or a kill between its objectives and its end): the retry
+    must not inherit the figures, since Optuna then ignores the retry's own ("already set")."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(create_trial(state=TrialState.FAIL, params={"depth_share": 0.4},
+                                 distributions={"depth_share": FloatDistribution(0, 1)},
+                                 system_attrs={"constraints:latency": 5.0, "grid_id": 2}))
+    assert queue_again(study, study.trials[0], interrupted=True)
+    retry = study.ask()
+    copied = study.trials[1].system_attrs
+    assert "constraints:latency" not in copied and copied["grid_id"] == 2
+    retry.set_constraint("latency", -1.0)
+    study.tell(retry, [88.0, 6.0])
+    assert study.trials[1].system_attrs["constraints:latency"] == -1.0
 
 
 class Lock:
