@@ -12,7 +12,8 @@ is one the study already fine-tuned, which would give the same result again (man
 blocks and widths), or, with `search.max_latency_ms`, its screen latency already breaks the threshold (its reason
 says whether the figure was measured or predicted). `search.screen.latency=lut` then screens even with K=1: every
 plan is pruned and its latency predicted (no accuracy is measured: there is nothing to rank), and only a plan under
-the threshold is fine-tuned.
+the threshold is fine-tuned. A plan whose pruned model the study screened before, the same way, takes that plan's
+scores (`screen/scores_of`) instead of measuring them again.
 
 A queued retry (the plan of a trial that Ctrl-C, SIGTERM or a dead worker cut short; `workers.queue_again`) is
 fine-tuned without screening: it was screened and chosen before, and its screen scores come with it.
@@ -40,6 +41,7 @@ from hybridsweep.search.workers import RETRY_OF
 SCREENED_OUT = "screened_out"  # user attr: why a plan was not fine-tuned
 ABN, LATENCY = "screen/adaptive_bn_top1", "screen/latency_ms"
 MODEL = "screen/model"  # user attr: digest of the pruned weights and the fine-tune recipe (same digest, same result)
+SCORED_AS = "screen/key"  # user attr: the digest and the screen settings; one key, one pair of scores
 MAX_EMPTY_BATCHES = 3
 MAX_BLOCKED = 20  # plans in a row that cannot add anything (too slow, already fine-tuned) before the search stops
 
@@ -109,7 +111,17 @@ class Screener:
         ds = bench.dataset(cfg)
         base = bench.baseline(cfg, ds, device)
         model, _, _ = prune_model(cfg, copy.deepcopy(base.model).cpu(), bench.scores(cfg, ds, base), ds.input_shape)
-        trial.set_user_attr(MODEL, pruned_model_digest(model, cfg))
+        digest = pruned_model_digest(model, cfg)
+        trial.set_user_attr(MODEL, digest)
+        key = f"{digest}:{self.settings.candidates > 1}:{self.settings.test_images}:{self.settings.latency}"
+        trial.set_user_attr(SCORED_AS, key)
+        earlier = scored_before(self.objective.study, key, trial.number)
+        if earlier is not None:  # the same pruned model, screened the same way: the same scores
+            for name in (ABN, LATENCY, "screen/latency_source", "screen/note"):
+                if name in earlier.user_attrs:
+                    trial.set_user_attr(name, earlier.user_attrs[name])
+            trial.set_user_attr("screen/scores_of", earlier.number)
+            return earlier.user_attrs.get(ABN), earlier.user_attrs[LATENCY]
         top1 = None  # one plan a batch (a latency gate only): nothing to rank, so no accuracy is measured
         if self.settings.candidates > 1:
             eval_kw = {"device": device, "batch_size": cfg.finetune.eval_batch_size}
@@ -210,6 +222,15 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
 def scores_text(top1: float | None, ms: float) -> str:
     """A screened plan's scores, as its reason starts."""
     return (f"adaptive-BN top-1 {top1:.2f}%, " if top1 is not None else "") + f"{ms:.2f} ms"
+
+
+def scored_before(study: optuna.Study, key: str, number: int) -> FrozenTrial | None:
+    """An earlier plan screened with the same key (`screen/key`), whose scores this one can take: many depth
+    shares lead to the same blocks and widths, and adaptive BN and the latency of one pruned model give one
+    result, so it is not measured again (21 of the 36 plans of the search-efficiency benchmark's screened search
+    repeated a model screened before)."""
+    return next((t for t in study.get_trials(deepcopy=False)
+                 if t.number != number and t.user_attrs.get(SCORED_AS) == key and LATENCY in t.user_attrs), None)
 
 
 def fine_tuned_twin(study: optuna.Study, digest: str | None) -> int | None:

@@ -185,3 +185,24 @@ def test_a_search_never_fine_tunes_the_same_pruned_model_twice(shared_data, test
         run_search(compose_config(*args), args)
     again = optuna.load_study(study_name="twins", storage=open_storage(f"sqlite:///{tmp_path}/optuna.db"))
     assert len(again.trials) == 7 and sum(counted(t) for t in again.trials) == 1
+
+
+def test_a_plan_whose_model_was_screened_before_takes_its_scores(shared_data, test_cache, tmp_path, monkeypatch):
+    """Depth shares this close prune to one model: the batch's first plan is screened, the other three take its
+    scores instead of re-estimating BatchNorm and measuring again."""
+    import hybridsweep.trial
+
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    real = hybridsweep.trial.adaptive_bn
+    monkeypatch.setattr(hybridsweep.trial, "adaptive_bn", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    args = _args(shared_data, test_cache, tmp_path, "search.n_trials=1", "search.study_name=repeats",
+                 "search.depth_share=[0.5,0.5001]", "search.screen.candidates=4", "search.screen.test_images=100")
+    run_search(compose_config(*args), args)
+    study = optuna.load_study(study_name="repeats", storage=open_storage(f"sqlite:///{tmp_path}/optuna.db"))
+    first, *repeats = study.trials
+    assert len(repeats) == 3 and first.state == TrialState.COMPLETE and "screen/scores_of" not in first.user_attrs
+    for t in repeats:
+        assert t.user_attrs["screen/scores_of"] == first.number and t.user_attrs[MODEL] == first.user_attrs[MODEL]
+        assert (t.user_attrs[ABN], t.user_attrs[LATENCY]) == (first.user_attrs[ABN], first.user_attrs[LATENCY])
+    assert len(calls) == 2  # one screen, one fine-tuned trial: the repeats measured nothing
