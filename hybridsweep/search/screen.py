@@ -175,16 +175,7 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
             if retry:
                 trial = batch[0]
             else:
-                scored = []
-                for trial in batch:
-                    try:
-                        scored.append((trial, *screener.score(trial)))
-                    except (UserError, KeyboardInterrupt):
-                        raise
-                    except Exception as exc:  # one plan that cannot be built must not cost the batch
-                        trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:1000])
-                        asked.remove(trial)
-                        after(study, study.tell(trial, state=TrialState.FAIL))
+                scored = _score_all(study, screener, batch, asked, after)
                 scored, dropped = _gate(study, scored, objective.max_latency_ms, asked, after)
                 blocked = [] if scored else blocked + dropped
                 if len(blocked) >= MAX_BLOCKED:
@@ -217,6 +208,22 @@ def optimize_screened(study: optuna.Study, objective, settings: ScreenSettings, 
         finally:  # Ctrl-C, SIGTERM, a UserError: nothing asked is left RUNNING
             for trial in asked:
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def _score_all(study, screener: Screener, batch: list, asked: list, after) -> list:
+    """(trial, top-1, ms) for each plan of the batch; one that cannot be built is told FAIL and must not cost the
+    batch (a UserError or a stop ends the search)."""
+    scored = []
+    for trial in batch:
+        try:
+            scored.append((trial, *screener.score(trial)))
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            trial.set_user_attr("error", redact(f"{type(exc).__name__}: {exc}")[:1000])
+            asked.remove(trial)
+            after(study, study.tell(trial, state=TrialState.FAIL))
+    return scored
 
 
 def scores_text(top1: float | None, ms: float) -> str:
