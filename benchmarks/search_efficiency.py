@@ -19,13 +19,13 @@ measurement are noisy, so read the ratio as indicative, not exact.
 
 `--screen K` instead runs two NSGA-II studies with the same number of fine-tuned trials, one fine-tuning every
 sampled plan and one choosing each fine-tuned plan from K screened by adaptive-BN top-1 and latency
-(`search.screen.candidates=K`), and compares hypervolume per hour of the process's CPU time (both on the same
-machine, one after the other, the load average printed). CPU time, not wall time: the machine's other work
-stretches wall time by its whole share of the cores, CPU time only by what threads waiting on a preempted peer
-spin away, so the ratio moves far less when the load changes between the studies (run it on a quiet machine
-still, or set OMP_WAIT_POLICY=PASSIVE). Screening pays where fine-tuning dominates a trial's cost, so this mode
-fine-tunes a full epoch of the training subset. Last line: `hv_per_hour_ratio=<x>` (screened over unscreened,
-per CPU-hour); the goal is >= 2.
+(`search.screen.candidates=K`), and compares hypervolume per hour of CPU time. The two studies run side by side,
+each in its own process with half the cores (its own study file, its own ledger), so both see the same load; each
+counts its own process's CPU time. CPU time, not wall time: the other study's work stretches wall time, CPU time
+only by what threads waiting on a preempted peer spin away (set OMP_WAIT_POLICY=PASSIVE). Latency is timed on one
+thread as the median of the fastest round, which other work can only slow down. Screening pays where fine-tuning
+dominates a trial's cost, so this mode fine-tunes a full epoch of the training subset. Last line:
+`hv_per_hour_ratio=<x>` (screened over unscreened, per CPU-hour); the goal is >= 2.
 """
 
 import argparse
@@ -71,31 +71,63 @@ def fidelity(quick: bool, cache: Path, root: Path, device: str) -> list[str]:
     ]
 
 
-def run_studies(base: list[str], runs: dict[str, list[str]], ledger: Path | None = None) -> tuple[dict, dict, dict]:
+def run_studies(base: list[str], runs: dict[str, list[str]], root: Path | None = None) -> tuple[dict, dict, dict]:
     """One study per entry of `runs` (its extra overrides), one after the other; the studies, their wall seconds
     and their CPU seconds (this process, all its threads).
 
-    With a `ledger` (a JSON file beside persistent study storage) the seconds survive a kill: they are saved every
-    half minute, and a rerun resumes each study where it stopped and adds to them. A trial cut short by the kill
-    is rerun; its lost work stays counted, as it would in a real search that was interrupted."""
-    spent = json.loads(ledger.read_text()) if ledger is not None and ledger.exists() else {}
-    studies = {}
+    With a `root` (persistent study storage) each study's seconds survive a kill in its ledger there
+    (`seconds-<name>.json`), saved every half minute; a rerun resumes each study where it stopped and adds to them.
+    A trial cut short by the kill is rerun; its lost work stays counted, as it would in a real search that was
+    interrupted."""
+    studies, wall, cpu = {}, {}, {}
     for name, extra in runs.items():
-        overrides = [*base, *extra, f"search.study_name=bench-{name}"]
-        studies[name] = timed_search(overrides, name, spent, ledger)
-    return studies, {n: spent[n]["wall_s"] for n in runs}, {n: spent[n]["cpu_s"] for n in runs}
+        ledger = root / f"seconds-{name}.json" if root is not None else None
+        studies[name], spent = timed_search([*base, *extra, f"search.study_name=bench-{name}"], ledger)
+        wall[name], cpu[name] = spent["wall_s"], spent["cpu_s"]
+    return studies, wall, cpu
 
 
-def timed_search(overrides: list[str], name: str, spent: dict, ledger: Path | None):
-    """`run_search`, adding its wall and CPU seconds to `spent[name]` (saved to `ledger` as it goes)."""
-    before = spent.get(name, {"wall_s": 0.0, "cpu_s": 0.0, "done": False})
+def side_by_side(base: list[str], runs: dict[str, list[str]], root: Path) -> tuple[dict, dict, dict]:
+    """`run_studies`, but each study runs at the same time in its own process with an equal share of the cores, so
+    that both see the same machine load; then this process loads the finished studies and their ledgers."""
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 2) // len(runs))
+    spawn = multiprocessing.get_context("spawn")
+    workers = {name: spawn.Process(target=_one_study, name=name, args=(base, {name: extra}, root, threads))
+               for name, extra in runs.items()}
+    for worker in workers.values():
+        worker.start()
+    for worker in workers.values():
+        worker.join()
+    failed = [name for name, worker in workers.items() if worker.exitcode != 0]
+    if failed:
+        raise SystemExit(f"the {', '.join(failed)} study stopped (exit code "
+                         f"{', '.join(str(workers[n].exitcode) for n in failed)}); its output is above. Rerun the "
+                         "same command: finished trials are kept and it resumes.")
+    return run_studies(base, runs, root)
+
+
+def _one_study(base: list[str], run: dict[str, list[str]], root: Path, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    run_studies(base, run, root)
+
+
+def timed_search(overrides: list[str], ledger: Path | None):
+    """`run_search` and the wall and CPU seconds it took, added to those an earlier run saved in `ledger` (saved
+    there as it goes)."""
+    before = json.loads(ledger.read_text()) if ledger is not None and ledger.exists() else \
+        {"wall_s": 0.0, "cpu_s": 0.0, "done": False}
     if before["done"]:  # finished in an earlier run: only load it
-        return run_search(compose_trial_config(overrides), overrides)
+        return run_search(compose_trial_config(overrides), overrides), before
     start, cpu_start = time.perf_counter(), time.process_time()
+    spent = dict(before)
 
     def save(done: bool) -> None:
-        spent[name] = {"wall_s": before["wall_s"] + time.perf_counter() - start,
-                       "cpu_s": before["cpu_s"] + time.process_time() - cpu_start, "done": done}
+        spent.update(wall_s=before["wall_s"] + time.perf_counter() - start,
+                     cpu_s=before["cpu_s"] + time.process_time() - cpu_start, done=done)
         if ledger is not None:
             atomic_write(ledger, lambda tmp: tmp.write_text(json.dumps(spent, indent=1)))
 
@@ -109,7 +141,7 @@ def timed_search(overrides: list[str], name: str, spent: dict, ledger: Path | No
         saver.join()
         save(False)
     save(True)
-    return study
+    return study, spent
 
 
 def hypervolumes(studies: dict):
@@ -169,10 +201,11 @@ def screened_against_unscreened(args) -> None:
     print(f"load average at start: {load_average()}")
     with tempfile.TemporaryDirectory(prefix="search-efficiency-") as tmp:
         # hours of CPU at the experiments' fidelity: keep the studies and their seconds, so a rerun resumes
-        root = cache / "benchmarks" / f"search-efficiency-screen{args.screen}-{n}" if args.experiments_fidelity \
-            else Path(tmp)
-        base = [*fidelity(args.quick, cache, root, args.device), "finetune.max_steps=null", "search=nsga2",
-                f"search.n_trials={n}", f"search.population_size={max(2, n // 2)}"]
+        root = cache / "benchmarks" / f"search-efficiency-screen{args.screen}-{n}-side-by-side" \
+            if args.experiments_fidelity else Path(tmp)
+        base = [o for o in fidelity(args.quick, cache, root, args.device) if not o.startswith("search.storage=")]
+        base += ["finetune.max_steps=null", "search=nsga2", f"search.n_trials={n}",
+                 f"search.population_size={max(2, n // 2)}"]
         if args.experiments_fidelity:  # where a fine-tune costs minutes, as in experiments/ (conf/fidelity/cpu.yaml)
             base += ["model=resnet56", f"model.weights={DATA}/weights/cifar10_resnet56.pth", "data.train_subset=null",
                      "data.test_subset=null", "screen.bn_images=2000", "finetune.batch_size=128"]
@@ -180,8 +213,9 @@ def screened_against_unscreened(args) -> None:
             print(f"studies and their CPU seconds in {root} (a rerun resumes them; delete it to start over)")
         runs = {"unscreened": ["search.screen.candidates=1"],
                 "screened": [f"search.screen.candidates={args.screen}", "search.screen.test_images=1000"]}
-        studies, seconds, cpu_seconds = run_studies(base, runs, root / "seconds.json" if args.experiments_fidelity
-                                                    else None)
+        for name, extra in runs.items():  # one file each: two processes writing one SQLite file wait on its lock
+            extra.append(f"search.storage=sqlite:///{root}/{name}.db")
+        studies, seconds, cpu_seconds = side_by_side(base, runs, root)
         _, _, _, hv = hypervolumes(studies)
     per_hour = {name: hv[name] / (cpu_seconds[name] / 3600) for name in runs}
     print(f"\nfine-tuned trials per study: {n}; screened: {args.screen} plans per fine-tuned trial; "
