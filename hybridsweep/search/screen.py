@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 
 import optuna
@@ -41,7 +43,7 @@ from hybridsweep.search.workers import RETRY_OF
 SCREENED_OUT = "screened_out"  # user attr: why a plan was not fine-tuned
 ABN, LATENCY = "screen/adaptive_bn_top1", "screen/latency_ms"
 MODEL = "screen/model"  # user attr: digest of the pruned weights and the fine-tune recipe (same digest, same result)
-SCORED_AS = "screen/key"  # user attr: the digest and the screen settings; one key, one pair of scores
+SCORED_AS = "screen/key"  # user attr: the digest and how it is screened (screen_key); one key, one result
 MAX_EMPTY_BATCHES = 3
 MAX_BLOCKED = 20  # plans in a row that cannot add anything (too slow, already fine-tuned) before the search stops
 
@@ -113,7 +115,12 @@ class Screener:
         model, _, _ = prune_model(cfg, copy.deepcopy(base.model).cpu(), bench.scores(cfg, ds, base), ds.input_shape)
         digest = pruned_model_digest(model, cfg)
         trial.set_user_attr(MODEL, digest)
-        key = f"{digest}:{self.settings.candidates > 1}:{self.settings.test_images}:{self.settings.latency}"
+        if self.settings.latency == "lut":
+            latency_settings = {"backend": "lut", "profile": DEFAULT_PROFILE,
+                                "batch_size": cfg.latency.get("batch_size", 1)}
+        else:
+            latency_settings = to_plain(cfg.latency)
+        key = screen_key(digest, self.settings, latency_settings)
         trial.set_user_attr(SCORED_AS, key)
         earlier = scored_before(self.objective.study, key, trial.number)
         if earlier is not None:  # the same pruned model, screened the same way: the same scores
@@ -135,11 +142,7 @@ class Screener:
                 top1 = evaluate(model, test, desc="screen", **eval_kw).top1
             trial.set_user_attr(ABN, top1)
         model = model.cpu().eval()
-        if self.settings.latency == "lut":
-            settings = {"backend": "lut", "profile": DEFAULT_PROFILE, "batch_size": cfg.latency.get("batch_size", 1)}
-        else:
-            settings = to_plain(cfg.latency)
-        latency, _ = bench.latency(model, settings, ds.input_shape)
+        latency, _ = bench.latency(model, latency_settings, ds.input_shape)
         if latency is None:
             raise UserError("search.screen.latency=measured: the latency backend gave no figure; use "
                             "search.screen.latency=lut")
@@ -229,6 +232,14 @@ def _score_all(study, screener: Screener, batch: list, asked: list, after) -> li
 def scores_text(top1: float | None, ms: float) -> str:
     """A screened plan's scores, as its reason starts."""
     return (f"adaptive-BN top-1 {top1:.2f}%, " if top1 is not None else "") + f"{ms:.2f} ms"
+
+
+def screen_key(digest: str, settings: ScreenSettings, latency_settings: dict) -> str:
+    """`screen/key`: the pruned model's digest and how it is screened (adaptive BN or not, on how many test
+    images, and the latency backend with all its settings), so a resumed study that times latency another way
+    measures again instead of taking scores of another kind."""
+    how = json.dumps([settings.candidates > 1, settings.test_images, latency_settings], sort_keys=True, default=str)
+    return f"{digest}:{hashlib.sha256(how.encode()).hexdigest()[:12]}"
 
 
 def scored_before(study: optuna.Study, key: str, number: int) -> FrozenTrial | None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from optuna.trial import TrialState, create_trial
 
-from hybridsweep.search.screen import MODEL, SCREENED_OUT, _gate, blocked_message
+from hybridsweep.search.screen import MODEL, SCREENED_OUT, ScreenSettings, _gate, blocked_message, screen_key
 from hybridsweep.trial import pruned_model_digest
 from tests.helpers import compose_config
 from tests.unit.test_latency import small_net
@@ -24,6 +24,19 @@ def test_the_digest_changes_with_the_weights_the_recipe_and_the_seed():
     with torch.no_grad():
         next(net.parameters())[0].add_(1e-3)  # one weight: another model, another result
     assert pruned_model_digest(net, cfg) != same
+
+
+def test_a_model_screened_another_way_has_another_screen_key():
+    """Scores are reused only under the same key: a resumed study timing latency with other settings, or ranking
+    on other test images, measures the model again."""
+    screened, cpu = ScreenSettings(candidates=4), {"backend": "cpu", "threads": 1, "batch_size": 1}
+    key = screen_key("d", screened, cpu)
+    assert screen_key("d", ScreenSettings(candidates=4), dict(cpu)) == key
+    assert screen_key("e", screened, cpu) != key
+    assert screen_key("d", screened, {**cpu, "threads": 2}) != key
+    assert screen_key("d", screened, {**cpu, "backend": "onnxruntime"}) != key
+    assert screen_key("d", ScreenSettings(candidates=4, test_images=500), cpu) != key
+    assert screen_key("d", ScreenSettings(candidates=1), cpu) != key  # a latency gate only: no accuracy
 
 
 @pytest.fixture
