@@ -15,22 +15,29 @@ sampler beat a grid with twice its budget. At this fidelity top-1 on a small tes
 measurement are noisy, so read the ratio as indicative, not exact.
 
     python benchmarks/search_efficiency.py --screen 4 --quick   # screened against unscreened NSGA-II
-    python benchmarks/search_efficiency.py --screen 4 --trials 4 --experiments-fidelity   # ~3 h of CPU, resumable
+    python benchmarks/search_efficiency.py --screen 4 --trials 8 --experiments-fidelity   # ~50 min, resumable
 
 `--screen K` instead runs two NSGA-II studies with the same number of fine-tuned trials, one fine-tuning every
 sampled plan and one choosing each fine-tuned plan from K screened by adaptive-BN top-1 and latency
 (`search.screen.candidates=K`), and compares hypervolume per hour of CPU time. The two studies run side by side,
 each in its own process with half the cores (its own study file, its own ledger), so both see the same load; each
-counts its own process's CPU time. CPU time, not wall time: the other study's work stretches wall time, CPU time
-only by what threads waiting on a preempted peer spin away (set OMP_WAIT_POLICY=PASSIVE). Latency is timed on one
-thread as the median of the fastest round, which other work can only slow down. Screening pays where fine-tuning
-dominates a trial's cost, so this mode fine-tunes a full epoch of the training subset. Last line:
-`hv_per_hour_ratio=<x>` (screened over unscreened, per CPU-hour); the goal is >= 2.
+counts its own process's CPU time. What both read from the shared cache (decoded data, the baseline's scores,
+accuracy and latency) is built before they start, so neither pays for it; if one stops, the other is stopped too.
+CPU time, not wall time: the other study's work stretches wall time, CPU time only by what threads waiting on a
+preempted peer spin away (set OMP_WAIT_POLICY=PASSIVE). Latency is timed on one thread as the median of the fastest
+round, which other work can only slow down. Screening pays where fine-tuning dominates a trial's cost, so this mode
+fine-tunes a full epoch of the training subset. The line before the last, `time_to_same_hv_ratio=<x>`, is how many
+times longer the unscreened study took to reach its final hypervolume than the screened one took to reach it (busy
+seconds: the union of each study's trial run times, screened plans included; with equal shares of the cores they
+compare as CPU time does). Last line: `hv_per_hour_ratio=<x>` (screened over unscreened, per CPU-hour); the goal is
+>= 2.
 """
 
 import argparse
 import json
 import os
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -72,8 +79,8 @@ def fidelity(quick: bool, cache: Path, root: Path, device: str) -> list[str]:
 
 
 def run_studies(base: list[str], runs: dict[str, list[str]], root: Path | None = None) -> tuple[dict, dict, dict]:
-    """One study per entry of `runs` (its extra overrides), one after the other; the studies, their wall seconds
-    and their CPU seconds (this process, all its threads).
+    """One study per entry of `runs` (its extra overrides), one after the other, in this process; the studies, their
+    wall seconds and their CPU seconds (this process, all its threads).
 
     With a `root` (persistent study storage) each study's seconds survive a kill in its ledger there
     (`seconds-<name>.json`), saved every half minute; a rerun resumes each study where it stopped and adds to them.
@@ -88,38 +95,81 @@ def run_studies(base: list[str], runs: dict[str, list[str]], root: Path | None =
 
 
 def side_by_side(base: list[str], runs: dict[str, list[str]], root: Path) -> tuple[dict, dict, dict]:
-    """`run_studies`, but each study runs at the same time in its own process with an equal share of the cores, so
-    that both see the same machine load; then this process loads the finished studies and their ledgers."""
+    """`run_studies`, but the unfinished studies run at the same time, each in its own process with an equal share
+    of the cores, so that they see the same machine load; then this process loads the finished studies and their
+    ledgers. If one study stops, the others are stopped too (SIGTERM: their finished trials and seconds are kept),
+    since one running alone would no longer share the load."""
     import multiprocessing
+    from multiprocessing.connection import wait
 
-    threads = max(1, (os.cpu_count() or 2) // len(runs))
+    threads = max(1, len(os.sched_getaffinity(0)) // len(runs))
     spawn = multiprocessing.get_context("spawn")
     workers = {name: spawn.Process(target=_one_study, name=name, args=(base, {name: extra}, root, threads))
-               for name, extra in runs.items()}
-    for worker in workers.values():
-        worker.start()
-    for worker in workers.values():
-        worker.join()
-    failed = [name for name, worker in workers.items() if worker.exitcode != 0]
+               for name, extra in runs.items() if not read_ledger(root / f"seconds-{name}.json")["done"]}
+    if workers:
+        warm_cache(base)
+    try:
+        for worker in workers.values():
+            worker.start()
+        running = list(workers.values())
+        while running:
+            wait([worker.sentinel for worker in running])
+            running = [worker for worker in running if worker.exitcode is None]
+            if any(worker.exitcode for worker in workers.values() if worker.exitcode is not None):
+                break
+    finally:  # a failed study, Ctrl-C or SIGTERM here: stop the others cleanly
+        for worker in workers.values():
+            if worker.is_alive():
+                worker.terminate()
+        for worker in workers.values():
+            if worker.pid is not None:
+                worker.join()
+    failed = [f"{name} (exit code {worker.exitcode})" for name, worker in workers.items() if worker.exitcode]
     if failed:
-        raise SystemExit(f"the {', '.join(failed)} study stopped (exit code "
-                         f"{', '.join(str(workers[n].exitcode) for n in failed)}); its output is above. Rerun the "
-                         "same command: finished trials are kept and it resumes.")
+        raise SystemExit(f"stopped: {', '.join(failed)}; their output is above. Rerun the same command: finished "
+                         "trials and seconds are kept and it resumes.")
     return run_studies(base, runs, root)
+
+
+def warm_cache(base: list[str]) -> None:
+    """Build here, before the studies start, what they read from the shared cache (decoded data, baseline scores,
+    the baseline's accuracy and latency): otherwise whichever study asks first pays for it in its CPU time."""
+    from hybridsweep.config import to_plain
+    from hybridsweep.search.study import check_inputs
+    from hybridsweep.train import resolve_device
+    from hybridsweep.workbench import workbench
+
+    cfg = compose_trial_config(base)
+    check_inputs(cfg)  # data, baseline, scores, one pruned plan
+    bench, device = workbench(cfg), resolve_device(cfg.device)
+    ds = bench.dataset(cfg)
+    base_model = bench.baseline(cfg, ds, device)
+    bench.baseline_accuracy(cfg, ds, base_model, device)
+    bench.latency(base_model.model, to_plain(cfg.latency), ds.input_shape)
 
 
 def _one_study(base: list[str], run: dict[str, list[str]], root: Path, threads: int) -> None:
     import torch
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: the trial ends FAIL, the ledger is saved
     torch.set_num_threads(threads)
-    run_studies(base, run, root)
+    try:
+        run_studies(base, run, root)
+    except KeyboardInterrupt:
+        sys.exit(130)  # stopped, not failed: one line from run_search, no traceback
+
+
+def read_ledger(ledger: Path | None) -> dict:
+    """The seconds an earlier run of a study spent, and whether it finished (`done`)."""
+    if ledger is None or not ledger.exists():
+        return {"wall_s": 0.0, "cpu_s": 0.0, "done": False}
+    return json.loads(ledger.read_text())
 
 
 def timed_search(overrides: list[str], ledger: Path | None):
     """`run_search` and the wall and CPU seconds it took, added to those an earlier run saved in `ledger` (saved
     there as it goes)."""
-    before = json.loads(ledger.read_text()) if ledger is not None and ledger.exists() else \
-        {"wall_s": 0.0, "cpu_s": 0.0, "done": False}
+    before = read_ledger(ledger)
     if before["done"]:  # finished in an earlier run: only load it
         return run_search(compose_trial_config(overrides), overrides), before
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -153,6 +203,26 @@ def hypervolumes(studies: dict):
     every = [r for rs in rows.values() for r in rs if r["feasible"]]
     reference = [min(r[names[0]] for r in every) - 1.0, max(r[names[1]] for r in every) * 1.05]
     return rows, names, reference, {name: hypervolume(rs, names, directions, reference) for name, rs in rows.items()}
+
+
+def seconds_to_reach(study, rows: list[dict], names, reference, target: float) -> float | None:
+    """The study's busy seconds (the union of its trials' run times, screened plans included; gaps between runs
+    left out) until the fine-tuned trials finished so far first reach hypervolume `target`; None if they never do."""
+    from optuna.trial import TrialState
+
+    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None]
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.datetime_complete)
+    for k, last in enumerate(done, start=1):
+        numbers = {t.number for t in done[:k]}
+        if hypervolume([r for r in rows if r["trial"] in numbers], names, study.directions, reference) >= target:
+            spans = sorted((t.datetime_start, t.datetime_complete) for t in trials
+                           if t.datetime_complete <= last.datetime_complete)
+            busy, covered = 0.0, spans[0][0]  # covered: the latest end counted so far
+            for start, end in spans:
+                busy += max(0.0, (end - max(start, covered)).total_seconds())
+                covered = max(covered, end)
+            return busy
+    return None
 
 
 def main() -> None:
@@ -196,6 +266,7 @@ def main() -> None:
 def screened_against_unscreened(args) -> None:
     from machine import load_average
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: the studies' processes are stopped too
     n = args.trials or (4 if args.quick else 12)
     cache = Path(os.environ.get("HYBRIDSWEEP_CACHE", Path.home() / ".cache" / "hybridsweep")).expanduser()
     print(f"load average at start: {load_average()}")
@@ -216,7 +287,9 @@ def screened_against_unscreened(args) -> None:
         for name, extra in runs.items():  # one file each: two processes writing one SQLite file wait on its lock
             extra.append(f"search.storage=sqlite:///{root}/{name}.db")
         studies, seconds, cpu_seconds = side_by_side(base, runs, root)
-        _, _, _, hv = hypervolumes(studies)
+        rows, names, reference, hv = hypervolumes(studies)
+        target = hv["unscreened"]
+        reach = {name: seconds_to_reach(studies[name], rows[name], names, reference, target) for name in runs}
     per_hour = {name: hv[name] / (cpu_seconds[name] / 3600) for name in runs}
     print(f"\nfine-tuned trials per study: {n}; screened: {args.screen} plans per fine-tuned trial; "
           f"load average at end: {load_average(at_start=False)}")
@@ -224,6 +297,10 @@ def screened_against_unscreened(args) -> None:
         sampled = len(studies[name].trials)
         print(f"{name:10} plans {sampled:3d}  hypervolume {hv[name]:9.3f}  wall {seconds[name]:6.0f} s  "
               f"CPU {cpu_seconds[name]:6.0f} s  hv per CPU-hour {per_hour[name]:9.3f}")
+    print(f"busy seconds to reach the unscreened study's final hypervolume ({target:.3f}): " + ", ".join(
+        f"{name} {reach[name]:.0f}" if reach[name] is not None else f"{name} never" for name in runs))
+    if reach["screened"]:
+        print(f"time_to_same_hv_ratio={reach['unscreened'] / reach['screened']:.3f}")
     print(f"hv_per_hour_ratio={per_hour['screened'] / per_hour['unscreened']:.3f}" if per_hour["unscreened"] > 0
           else "hv_per_hour_ratio=inf")
 
