@@ -16,6 +16,7 @@ measurement are noisy, so read the ratio as indicative, not exact.
 
     python benchmarks/search_efficiency.py --screen 4 --quick   # screened against unscreened NSGA-II
     python benchmarks/search_efficiency.py --screen 4 --trials 8 --experiments-fidelity   # ~50 min, resumable
+    python benchmarks/search_efficiency.py --screen 4 --trials 8 --experiments-fidelity --budget-range 0.4 0.9
 
 `--screen K` instead runs two NSGA-II studies with the same number of fine-tuned trials, one fine-tuning every
 sampled plan and one choosing each fine-tuned plan from K screened by adaptive-BN top-1 and latency
@@ -26,11 +27,12 @@ accuracy and latency) is built before they start, so neither pays for it; if one
 CPU time, not wall time: the other study's work stretches wall time, CPU time only by what threads waiting on a
 preempted peer spin away (set OMP_WAIT_POLICY=PASSIVE). Latency is timed on one thread as the median of the fastest
 round, which other work can only slow down. Screening pays where fine-tuning dominates a trial's cost, so this mode
-fine-tunes a full epoch of the training subset. The line before the last, `time_to_same_hv_ratio=<x>`, is how many
-times longer the unscreened study took to reach its final hypervolume than the screened one took to reach it (busy
-seconds: the union of each study's trial run times, screened plans included; with equal shares of the cores they
-compare as CPU time does). Last line: `hv_per_hour_ratio=<x>` (screened over unscreened, per CPU-hour); the goal is
->= 2.
+fine-tunes a full epoch of the training subset. `--budget-range` searches the FLOP budget too (one front over all
+budgets, as experiments/pareto_search), a space with many more distinct pruned models. The line before the last,
+`time_to_same_hv_ratio=<x>`, is how many times longer the unscreened study took to reach its final hypervolume than
+the screened one took to reach it (busy seconds: the union of each study's trial run times, screened plans included;
+with equal shares of the cores they compare as CPU time does). Last line: `hv_per_hour_ratio=<x>` (screened over
+unscreened, per CPU-hour); the goal is >= 2.
 """
 
 import argparse
@@ -232,6 +234,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--experiments-fidelity", action="store_true",
                         help="with --screen: the experiments' ResNet-56, all 50k/10k images, one fine-tune epoch")
+    parser.add_argument("--budget-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="with --screen: search the FLOP budget in [LOW, HIGH] too, as experiments/pareto_search "
+                             "does, instead of fixing it at 0.6")
     parser.add_argument("--screen", type=int, default=None, metavar="K",
                         help="compare screened (K plans per fine-tuned trial) with unscreened NSGA-II")
     args = parser.parse_args()
@@ -272,9 +277,13 @@ def screened_against_unscreened(args) -> None:
     print(f"load average at start: {load_average()}")
     with tempfile.TemporaryDirectory(prefix="search-efficiency-") as tmp:
         # hours of CPU at the experiments' fidelity: keep the studies and their seconds, so a rerun resumes
-        root = cache / "benchmarks" / f"search-efficiency-screen{args.screen}-{n}-side-by-side" \
+        space = "-budgets{}-{}".format(*args.budget_range) if args.budget_range else ""
+        root = cache / "benchmarks" / f"search-efficiency-screen{args.screen}-{n}{space}-side-by-side" \
             if args.experiments_fidelity else Path(tmp)
         base = [o for o in fidelity(args.quick, cache, root, args.device) if not o.startswith("search.storage=")]
+        if args.budget_range:
+            base = [o for o in base if not o.startswith("budget.flops=")]
+            base.append("search.budget_range=[{},{}]".format(*args.budget_range))
         base += ["finetune.max_steps=null", "search=nsga2", f"search.n_trials={n}",
                  f"search.population_size={max(2, n // 2)}"]
         if args.experiments_fidelity:  # where a fine-tune costs minutes, as in experiments/ (conf/fidelity/cpu.yaml)
