@@ -119,6 +119,8 @@ def side_by_side(base: list[str], runs: dict[str, list[str]], root: Path) -> tup
             running = [worker for worker in running if worker.exitcode is None]
             if any(worker.exitcode for worker in workers.values() if worker.exitcode is not None):
                 break
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the line below names how each study ended
+        pass
     finally:  # a failed study, Ctrl-C or SIGTERM here: stop the others cleanly
         for worker in workers.values():
             if worker.is_alive():
@@ -150,10 +152,19 @@ def warm_cache(base: list[str]) -> None:
     bench.latency(base_model.model, to_plain(cfg.latency), ds.input_shape)
 
 
+def _stop_once(signum, frame) -> None:
+    """Ctrl-C or SIGTERM, as Ctrl-C: the running trial ends FAIL and the ledger is saved; the signals after it are
+    ignored, so that the parent's SIGTERM, right behind a Ctrl-C sent to both, cannot cut that clean-up short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _one_study(base: list[str], run: dict[str, list[str]], root: Path, threads: int) -> None:
     import torch
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: the trial ends FAIL, the ledger is saved
+    signal.signal(signal.SIGINT, _stop_once)
+    signal.signal(signal.SIGTERM, _stop_once)
     torch.set_num_threads(threads)
     try:
         run_studies(base, run, root)
@@ -209,15 +220,22 @@ def hypervolumes(studies: dict):
 
 def seconds_to_reach(study, rows: list[dict], names, reference, target: float) -> float | None:
     """The study's busy seconds (the union of its trials' run times, screened plans included; gaps between runs
-    left out) until the fine-tuned trials finished so far first reach hypervolume `target`; None if they never do."""
+    left out) until the fine-tuned trials finished so far first reach hypervolume `target`; None if they never do.
+    A trial a kill left running is told FAIL only when the study resumes: its span ends where the next one starts."""
     from optuna.trial import TrialState
 
-    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None]
+    trials = sorted((t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete),
+                    key=lambda t: t.datetime_start)
+    ends = {t.number: t.datetime_complete for t in trials}
+    for i, t in enumerate(trials):
+        later = next((u.datetime_start for u in trials[i + 1:] if u.datetime_start > t.datetime_start), None)
+        if t.state == TrialState.FAIL and later is not None:
+            ends[t.number] = min(ends[t.number], later)
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.datetime_complete)
     for k, last in enumerate(done, start=1):
         numbers = {t.number for t in done[:k]}
         if hypervolume([r for r in rows if r["trial"] in numbers], names, study.directions, reference) >= target:
-            spans = sorted((t.datetime_start, t.datetime_complete) for t in trials
+            spans = sorted((t.datetime_start, ends[t.number]) for t in trials
                            if t.datetime_complete <= last.datetime_complete)
             busy, covered = 0.0, spans[0][0]  # covered: the latest end counted so far
             for start, end in spans:
@@ -243,6 +261,8 @@ def main() -> None:
     if args.screen is not None:
         screened_against_unscreened(args)
         return
+    if args.budget_range or args.experiments_fidelity:
+        parser.error("--budget-range and --experiments-fidelity go with --screen K")
     n = args.trials or (4 if args.quick else 16)
     cache = Path(os.environ.get("HYBRIDSWEEP_CACHE", Path.home() / ".cache" / "hybridsweep")).expanduser()
     with tempfile.TemporaryDirectory(prefix="search-efficiency-") as tmp:
@@ -308,7 +328,7 @@ def screened_against_unscreened(args) -> None:
               f"CPU {cpu_seconds[name]:6.0f} s  hv per CPU-hour {per_hour[name]:9.3f}")
     print(f"busy seconds to reach the unscreened study's final hypervolume ({target:.3f}): " + ", ".join(
         f"{name} {reach[name]:.0f}" if reach[name] is not None else f"{name} never" for name in runs))
-    if reach["screened"]:
+    if reach["screened"] and reach["unscreened"]:
         print(f"time_to_same_hv_ratio={reach['unscreened'] / reach['screened']:.3f}")
     print(f"hv_per_hour_ratio={per_hour['screened'] / per_hour['unscreened']:.3f}" if per_hour["unscreened"] > 0
           else "hv_per_hour_ratio=inf")
