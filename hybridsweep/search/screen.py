@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 
 import optuna
@@ -234,12 +232,13 @@ def scores_text(top1: float | None, ms: float) -> str:
     return (f"adaptive-BN top-1 {top1:.2f}%, " if top1 is not None else "") + f"{ms:.2f} ms"
 
 
-def screen_key(digest: str, settings: ScreenSettings, latency_settings: dict) -> str:
+def screen_key(model_digest: str, settings: ScreenSettings, latency_settings: dict) -> str:
     """`screen/key`: the pruned model's digest and how it is screened (adaptive BN or not, on how many test
     images, and the latency backend with all its settings), so a resumed study that times latency another way
     measures again instead of taking scores of another kind."""
-    how = json.dumps([settings.candidates > 1, settings.test_images, latency_settings], sort_keys=True, default=str)
-    return f"{digest}:{hashlib.sha256(how.encode()).hexdigest()[:12]}"
+    from hybridsweep.cache import digest
+
+    return f"{model_digest}:{digest(settings.candidates > 1, settings.test_images, latency_settings)}"
 
 
 def scored_before(study: optuna.Study, key: str, number: int) -> FrozenTrial | None:
