@@ -17,6 +17,8 @@ measurement are noisy, so read the ratio as indicative, not exact.
     python benchmarks/search_efficiency.py --screen 4 --quick   # screened against unscreened NSGA-II
     python benchmarks/search_efficiency.py --screen 4 --trials 8 --experiments-fidelity   # ~50 min, resumable
     python benchmarks/search_efficiency.py --screen 4 --trials 8 --experiments-fidelity --budget-range 0.4 0.9
+    python benchmarks/search_efficiency.py --screen 4 --trials 8 --experiments-fidelity --budget-range 0.4 0.9 \
+        --search-criteria   # the search's own space: FLOP budget x criterion x depth share x order
 
 `--screen K` instead runs two NSGA-II studies with the same number of fine-tuned trials, one fine-tuning every
 sampled plan and one choosing each fine-tuned plan from K screened by adaptive-BN top-1 and latency
@@ -28,11 +30,12 @@ CPU time, not wall time: the other study's work stretches wall time, CPU time on
 preempted peer spin away (set OMP_WAIT_POLICY=PASSIVE). Latency is timed on one thread as the median of the fastest
 round, which other work can only slow down. Screening pays where fine-tuning dominates a trial's cost, so this mode
 fine-tunes a full epoch of the training subset. `--budget-range` searches the FLOP budget too (one front over all
-budgets, as experiments/pareto_search), a space with many more distinct pruned models. The line before the last,
-`time_to_same_hv_ratio=<x>`, is how many times longer the unscreened study took to reach its final hypervolume than
-the screened one took to reach it (busy seconds: the union of each study's trial run times, screened plans included;
-with equal shares of the cores they compare as CPU time does). Last line: `hv_per_hour_ratio=<x>` (screened over
-unscreened, per CPU-hour); the goal is >= 2.
+budgets, as experiments/pareto_search), a space with many more distinct pruned models; `--search-criteria` the
+criterion too (`search.criteria`, as a search does by default), whose scores are built before the studies start. The
+line before the last, `time_to_same_hv_ratio=<x>`, is how many times longer the unscreened study took to reach its
+final hypervolume than the screened one took to reach it (busy seconds: the union of each study's trial run times,
+screened plans included; with equal shares of the cores they compare as CPU time does). Last line:
+`hv_per_hour_ratio=<x>` (screened over unscreened, per CPU-hour); the goal is >= 2.
 """
 
 import argparse
@@ -143,8 +146,10 @@ def warm_cache(base: list[str]) -> None:
     from hybridsweep.train import resolve_device
     from hybridsweep.workbench import workbench
 
-    cfg = compose_trial_config(base)
-    check_inputs(cfg)  # data, baseline, scores, one pruned plan
+    fixed = any(o.startswith("+criterion=") for o in base)
+    for criterion in [None] if fixed else compose_trial_config(base).search.criteria:  # each searched one's scores
+        cfg = compose_trial_config([*base, f"+criterion={criterion}"] if criterion else base)
+        check_inputs(cfg)  # data, baseline, scores, one pruned plan
     bench, device = workbench(cfg), resolve_device(cfg.device)
     ds = bench.dataset(cfg)
     base_model = bench.baseline(cfg, ds, device)
@@ -255,14 +260,17 @@ def main() -> None:
     parser.add_argument("--budget-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="with --screen: search the FLOP budget in [LOW, HIGH] too, as experiments/pareto_search "
                              "does, instead of fixing it at 0.6")
+    parser.add_argument("--search-criteria", action="store_true",
+                        help="with --screen: search the criterion too (search.criteria, by default l1, l2, fmrank, "
+                             "bnscale, taylor) instead of fixing it at L1")
     parser.add_argument("--screen", type=int, default=None, metavar="K",
                         help="compare screened (K plans per fine-tuned trial) with unscreened NSGA-II")
     args = parser.parse_args()
     if args.screen is not None:
         screened_against_unscreened(args)
         return
-    if args.budget_range or args.experiments_fidelity:
-        parser.error("--budget-range and --experiments-fidelity go with --screen K")
+    if args.budget_range or args.experiments_fidelity or args.search_criteria:
+        parser.error("--budget-range, --search-criteria and --experiments-fidelity go with --screen K")
     n = args.trials or (4 if args.quick else 16)
     cache = Path(os.environ.get("HYBRIDSWEEP_CACHE", Path.home() / ".cache" / "hybridsweep")).expanduser()
     with tempfile.TemporaryDirectory(prefix="search-efficiency-") as tmp:
@@ -297,13 +305,16 @@ def screened_against_unscreened(args) -> None:
     print(f"load average at start: {load_average()}")
     with tempfile.TemporaryDirectory(prefix="search-efficiency-") as tmp:
         # hours of CPU at the experiments' fidelity: keep the studies and their seconds, so a rerun resumes
-        space = "-budgets{}-{}".format(*args.budget_range) if args.budget_range else ""
+        space = ("-budgets{}-{}".format(*args.budget_range) if args.budget_range else "") \
+            + ("-criteria" if args.search_criteria else "")
         root = cache / "benchmarks" / f"search-efficiency-screen{args.screen}-{n}{space}-side-by-side" \
             if args.experiments_fidelity else Path(tmp)
         base = [o for o in fidelity(args.quick, cache, root, args.device) if not o.startswith("search.storage=")]
         if args.budget_range:
             base = [o for o in base if not o.startswith("budget.flops=")]
             base.append("search.budget_range=[{},{}]".format(*args.budget_range))
+        if args.search_criteria:
+            base = [o for o in base if not o.startswith("+criterion=")]
         base += ["finetune.max_steps=null", "search=nsga2", f"search.n_trials={n}",
                  f"search.population_size={max(2, n // 2)}"]
         if args.experiments_fidelity:  # where a fine-tune costs minutes, as in experiments/ (conf/fidelity/cpu.yaml)
