@@ -46,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 from hybridsweep.cache import atomic_write
@@ -83,23 +84,23 @@ def fidelity(quick: bool, cache: Path, root: Path, device: str) -> list[str]:
     ]
 
 
-def run_studies(base: list[str], runs: dict[str, list[str]], root: Path | None = None) -> tuple[dict, dict, dict]:
-    """One study per entry of `runs` (its extra overrides), one after the other, in this process; the studies, their
-    wall seconds and their CPU seconds (this process, all its threads).
+def run_studies(base: list[str], runs: dict[str, list[str]], root: Path | None = None) -> tuple[dict, dict]:
+    """One study per entry of `runs` (its extra overrides), one after the other, in this process; the studies and
+    what each spent (`timed_search`'s ledger: wall and CPU seconds, this process with all its threads, and the
+    windows it ran in).
 
     With a `root` (persistent study storage) each study's seconds survive a kill in its ledger there
     (`seconds-<name>.json`), saved every half minute; a rerun resumes each study where it stopped and adds to them.
     A trial cut short by the kill is rerun; its lost work stays counted, as it would in a real search that was
     interrupted."""
-    studies, wall, cpu = {}, {}, {}
+    studies, spent = {}, {}
     for name, extra in runs.items():
         ledger = root / f"seconds-{name}.json" if root is not None else None
-        studies[name], spent = timed_search([*base, *extra, f"search.study_name=bench-{name}"], ledger)
-        wall[name], cpu[name] = spent["wall_s"], spent["cpu_s"]
-    return studies, wall, cpu
+        studies[name], spent[name] = timed_search([*base, *extra, f"search.study_name=bench-{name}"], ledger)
+    return studies, spent
 
 
-def side_by_side(base: list[str], runs: dict[str, list[str]], root: Path) -> tuple[dict, dict, dict]:
+def side_by_side(base: list[str], runs: dict[str, list[str]], root: Path) -> tuple[dict, dict]:
     """`run_studies`, but the unfinished studies run at the same time, each in its own process with an equal share
     of the cores, so that they see the same machine load; then this process loads the finished studies and their
     ledgers. If one study stops, the others are stopped too (SIGTERM: their finished trials and seconds are kept),
@@ -178,10 +179,11 @@ def _one_study(base: list[str], run: dict[str, list[str]], root: Path, threads: 
 
 
 def read_ledger(ledger: Path | None) -> dict:
-    """The seconds an earlier run of a study spent, and whether it finished (`done`)."""
+    """The seconds earlier runs of a study spent, the windows they ran in (`windows`: [start, end] as ISO times,
+    the end saved every half minute, so a kill loses at most that), and whether it finished (`done`)."""
     if ledger is None or not ledger.exists():
-        return {"wall_s": 0.0, "cpu_s": 0.0, "done": False}
-    return json.loads(ledger.read_text())
+        return {"wall_s": 0.0, "cpu_s": 0.0, "windows": [], "done": False}
+    return {"windows": [], **json.loads(ledger.read_text())}  # a ledger from before windows were kept
 
 
 def timed_search(overrides: list[str], ledger: Path | None):
@@ -191,9 +193,11 @@ def timed_search(overrides: list[str], ledger: Path | None):
     if before["done"]:  # finished in an earlier run: only load it
         return run_search(compose_trial_config(overrides), overrides), before
     start, cpu_start = time.perf_counter(), time.process_time()
-    spent = dict(before)
+    now = datetime.now().isoformat()  # local and naive, as Optuna's trial times
+    spent = {**before, "windows": [*before["windows"], [now, now]]}
 
     def save(done: bool) -> None:
+        spent["windows"][-1][1] = datetime.now().isoformat()
         spent.update(wall_s=before["wall_s"] + time.perf_counter() - start,
                      cpu_s=before["cpu_s"] + time.process_time() - cpu_start, done=done)
         if ledger is not None:
@@ -223,31 +227,34 @@ def hypervolumes(studies: dict):
     return rows, names, reference, {name: hypervolume(rs, names, directions, reference) for name, rs in rows.items()}
 
 
-def seconds_to_reach(study, rows: list[dict], names, reference, target: float) -> float | None:
-    """The study's busy seconds (the union of its trials' run times, screened plans included; gaps between runs
-    left out) until the fine-tuned trials finished so far first reach hypervolume `target`; None if they never do.
-    A trial a kill left running is told FAIL only when the study resumes: its span ends where the next one starts."""
+def seconds_to_reach(study, rows: list[dict], names, reference, target: float,
+                     windows: list[list[str]]) -> float | None:
+    """The study's busy seconds (the union of its trials' run times, screened plans included, within the windows
+    its runs lasted: `read_ledger`) until the fine-tuned trials finished so far first reach hypervolume `target`;
+    None if they never do. The windows leave out the downtime between runs, which a trial a kill left running spans:
+    it is told FAIL only when the study resumes. No windows (an older ledger): the spans as they are."""
     from optuna.trial import TrialState
 
-    trials = sorted((t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete),
-                    key=lambda t: t.datetime_start)
-    ends = {t.number: t.datetime_complete for t in trials}
-    for i, t in enumerate(trials):
-        later = next((u.datetime_start for u in trials[i + 1:] if u.datetime_start > t.datetime_start), None)
-        if t.state == TrialState.FAIL and later is not None:
-            ends[t.number] = min(ends[t.number], later)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.datetime_complete)
     for k, last in enumerate(done, start=1):
         numbers = {t.number for t in done[:k]}
         if hypervolume([r for r in rows if r["trial"] in numbers], names, study.directions, reference) >= target:
-            spans = sorted((t.datetime_start, ends[t.number]) for t in trials
-                           if t.datetime_complete <= last.datetime_complete)
-            busy, covered = 0.0, spans[0][0]  # covered: the latest end counted so far
-            for start, end in spans:
-                busy += max(0.0, (end - max(start, covered)).total_seconds())
-                covered = max(covered, end)
-            return busy
+            spans = [(t.datetime_start, t.datetime_complete) for t in trials
+                     if t.datetime_complete <= last.datetime_complete]
+            return busy_seconds(spans, [(datetime.fromisoformat(a), datetime.fromisoformat(b)) for a, b in windows])
     return None
+
+
+def busy_seconds(spans: list[tuple[datetime, datetime]], windows: list[tuple[datetime, datetime]]) -> float:
+    """Seconds covered by at least one span, counting only what lies within a window (all of it without windows)."""
+    if windows:
+        spans = [(max(a, start), min(b, end)) for a, b in spans for start, end in windows]
+    busy, covered = 0.0, datetime.min  # covered: the latest end counted so far
+    for a, b in sorted(spans):
+        busy += max(0.0, (b - max(a, covered)).total_seconds())
+        covered = max(covered, b)
+    return busy
 
 
 def main() -> None:
@@ -281,7 +288,7 @@ def main() -> None:
             "tpe": ["search=tpe", f"search.n_trials={n}", f"search.n_startup_trials={max(2, n // 2)}"],
             "grid": ["search=grid", "search.n_trials=null", f"search.grid_points={n}"],
         }
-        studies, seconds, _ = run_studies(base, plans)
+        studies, spent = run_studies(base, plans)
         rows, names, reference, hv = hypervolumes(studies)
 
     print(f"\nspace: depth_share in [0, 1] x order; objectives: {names[0]} (max), {names[1]} (min); "
@@ -291,7 +298,7 @@ def main() -> None:
     for name, rs in rows.items():
         front = [r for r in rs if r["pareto"]]
         print(f"{name:8} {len(rs):6d} {len(front):5d} {max(r[names[0]] for r in rs):10.2f} "
-              f"{min(r[names[1]] for r in rs):8.3f} {hv[name]:11.3f} {seconds[name]:7.0f}")
+              f"{min(r[names[1]] for r in rs):8.3f} {hv[name]:11.3f} {spent[name]['wall_s']:7.0f}")
     best = max(hv["nsga2"], hv["tpe"])
     print(f"hv_ratio={best / hv['grid']:.3f}" if hv["grid"] > 0 else "hv_ratio=inf")
 
@@ -326,17 +333,18 @@ def screened_against_unscreened(args) -> None:
                 "screened": [f"search.screen.candidates={args.screen}", "search.screen.test_images=1000"]}
         for name, extra in runs.items():  # one file each: two processes writing one SQLite file wait on its lock
             extra.append(f"search.storage=sqlite:///{root}/{name}.db")
-        studies, seconds, cpu_seconds = side_by_side(base, runs, root)
+        studies, spent = side_by_side(base, runs, root)
         rows, names, reference, hv = hypervolumes(studies)
         target = hv["unscreened"]
-        reach = {name: seconds_to_reach(studies[name], rows[name], names, reference, target) for name in runs}
-    per_hour = {name: hv[name] / (cpu_seconds[name] / 3600) for name in runs}
+        reach = {name: seconds_to_reach(studies[name], rows[name], names, reference, target, spent[name]["windows"])
+                 for name in runs}
+    per_hour = {name: hv[name] / (spent[name]["cpu_s"] / 3600) for name in runs}
     print(f"\nfine-tuned trials per study: {n}; screened: {args.screen} plans per fine-tuned trial; "
           f"load average at end: {load_average(at_start=False)}")
     for name in runs:
         sampled = len(studies[name].trials)
-        print(f"{name:10} plans {sampled:3d}  hypervolume {hv[name]:9.3f}  wall {seconds[name]:6.0f} s  "
-              f"CPU {cpu_seconds[name]:6.0f} s  hv per CPU-hour {per_hour[name]:9.3f}")
+        print(f"{name:10} plans {sampled:3d}  hypervolume {hv[name]:9.3f}  wall {spent[name]['wall_s']:6.0f} s  "
+              f"CPU {spent[name]['cpu_s']:6.0f} s  hv per CPU-hour {per_hour[name]:9.3f}")
     print(f"busy seconds to reach the unscreened study's final hypervolume ({target:.3f}): " + ", ".join(
         f"{name} {reach[name]:.0f}" if reach[name] is not None else f"{name} never" for name in runs))
     if reach["screened"] and reach["unscreened"]:
