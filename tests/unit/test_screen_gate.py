@@ -7,7 +7,17 @@ import pytest
 import torch
 from optuna.trial import TrialState, create_trial
 
-from hybridsweep.search.screen import MODEL, SCREENED_OUT, ScreenSettings, _gate, blocked_message, screen_key
+from hybridsweep.search.screen import (
+    ABN,
+    LATENCY,
+    MODEL,
+    SCREENED_OUT,
+    ScreenSettings,
+    _choose,
+    _gate,
+    blocked_message,
+    screen_key,
+)
 from hybridsweep.trial import pruned_model_digest
 from tests.helpers import compose_config
 from tests.unit.test_latency import small_net
@@ -73,6 +83,29 @@ def test_without_a_threshold_only_the_twin_goes(study):
     kept, dropped = _gate(study, [(twin, 73.3, 6.7), (slow, 75.0, 9.0)], None, [twin, slow],
                           lambda s, frozen: None)
     assert [t for t, _, _ in kept] == [slow] and dropped == [("duplicate", 6.7)]
+
+
+class OneFront:
+    """A search space whose plans all share one front (a FLOP budget range)."""
+
+    def suggest(self, trial):
+        return {}
+
+    def budget_group(self, plan):
+        return "all"
+
+
+def test_of_the_plans_that_could_join_the_front_the_one_adding_most_is_fine_tuned(study):
+    study.add_trial(create_trial(values=[88.5, 6.0], user_attrs={ABN: 70.0, LATENCY: 6.0, "budget_group": "all"}))
+    objective = type("Objective", (), {"space": OneFront()})()
+    a, b, c = study.ask(), study.ask(), study.ask()
+    scored = [(a, 71.0, 6.5), (b, 80.0, 5.0), (c, 60.0, 7.0)]  # a joins by a sliver, b dominates, c cannot join
+    chosen, reason = _choose(study, objective, scored, force=False)
+    assert chosen is b
+    assert reason == f"trial {b.number} was fine-tuned instead (it could join the front and adds the most to it)"
+    assert _choose(study, objective, [(a, 71.0, 6.5), (c, 60.0, 7.0)], force=False)[0] is a
+    assert _choose(study, objective, [(c, 60.0, 7.0), (a, 65.0, 6.5)], force=False) is None  # none can join
+    assert _choose(study, objective, [(c, 60.0, 7.0), (a, 65.0, 6.5)], force=True)[0] is a  # the best top-1
 
 
 def test_the_stop_message_says_what_blocked_the_plans():
