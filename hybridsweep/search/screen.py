@@ -1,14 +1,14 @@
 """Screening before fine-tuning (`search.screen.candidates=K`): each fine-tuned trial is chosen from K sampled
 plans, each scored in seconds by its adaptive-BN top-1 (`hybridsweep.adaptive_bn`) and its latency.
 
-Only a plan that could join the front is fine-tuned: one that no other screened plan of its budget group
-dominates, and that no fine-tuned trial's screen scores dominate; of those, the one that adds the most hypervolume
-to the screen scores of its group's fine-tuned trials (across a FLOP budget range almost every plan is
-non-dominated, since a smaller budget is both less accurate and faster, and the first of them would be no choice
-at all; ties go to the sampler's order). The others
-are told to the study as PRUNED, with their screen scores and the reason as user attributes, so they stay in
-the study the user watches (optuna-dashboard) instead of being hidden. After three batches in a row in which no
-plan could join the front, the next batch fine-tunes its best-scored plan, so a search always progresses.
+Only a plan that could join the front is fine-tuned: one that no other screened plan of its budget group dominates,
+and that no fine-tuned trial's screen scores dominate; of those, the one that adds the most hypervolume to the
+screen scores of its group's fine-tuned trials (across a FLOP budget range almost every plan is non-dominated, since
+a smaller budget is both less accurate and faster, and the first of them would be no choice at all; ties go to the
+sampler's order). The others are told to the study as PRUNED, with their screen scores and the reason as user
+attributes, so they stay in the study the user watches (optuna-dashboard) instead of being hidden. After three
+batches in a row in which no plan could join the front, the next batch fine-tunes its best-scored plan, so a search
+always progresses.
 
 Before that, a plan is screened out when it cannot add anything: its pruned model (weights and fine-tune recipe)
 is one the study already fine-tuned, which would give the same result again (many depth shares lead to the same
