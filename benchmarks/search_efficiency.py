@@ -51,7 +51,7 @@ from pathlib import Path
 
 from hybridsweep.cache import atomic_write
 from hybridsweep.search import run_search
-from hybridsweep.search.front import front_rows, hypervolume, objective_names
+from hybridsweep.search.front import front_rows, hypervolume, objective_names, reference_past
 from hybridsweep.search.objective import compose_trial_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -223,7 +223,7 @@ def hypervolumes(studies: dict):
     first = next(iter(studies.values()))
     names, directions = objective_names(first), first.directions
     every = [r for rs in rows.values() for r in rs if r["feasible"]]
-    reference = [min(r[names[0]] for r in every) - 1.0, max(r[names[1]] for r in every) * 1.05]
+    reference = reference_past([(r[names[0]], r[names[1]]) for r in every])
     return rows, names, reference, {name: hypervolume(rs, names, directions, reference) for name, rs in rows.items()}
 
 

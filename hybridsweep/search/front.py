@@ -139,6 +139,12 @@ def baseline_row(study: optuna.Study) -> dict[str, Any] | None:
     return row
 
 
+def reference_past(points: Sequence[tuple[float, float]]) -> list[float]:
+    """A reference point just past the worst of (top-1, latency) points: 1 point of top-1 below, 5% slower. The
+    screen ranks plans and the benchmarks compare fronts against it."""
+    return [min(top1 for top1, _ in points) - 1.0, max(ms for _, ms in points) * 1.05]
+
+
 def hypervolume(rows: Sequence[dict], names: Sequence[str], directions: Sequence[StudyDirection],
                 reference: Sequence[float]) -> float:
     """Hypervolume of the feasible rows' objective values against `reference` (in objective units; for a

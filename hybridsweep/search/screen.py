@@ -39,7 +39,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from hybridsweep.errors import UserError
 from hybridsweep.redaction import redact
-from hybridsweep.search.front import hypervolume, non_dominated
+from hybridsweep.search.front import hypervolume, non_dominated, reference_past
 from hybridsweep.search.workers import RETRY_OF
 
 SCREENED_OUT = "screened_out"  # user attr: why a plan was not fine-tuned
@@ -161,9 +161,8 @@ def _could_join(points: list[tuple[float, float]], front: list[tuple[float, floa
 
 def _gains(points: list[tuple[float, float]], front: list[tuple[float, float]]) -> list[float]:
     """Per point (top-1, ms): the hypervolume it adds to the front's, against a reference just past the worst of
-    both (1 point of top-1 below, 5% slower), as the benchmarks measure a front."""
-    every = points + front
-    reference = [min(top1 for top1, _ in every) - 1.0, max(ms for _, ms in every) * 1.05]
+    both (`reference_past`, as the benchmarks measure a front)."""
+    reference = reference_past(points + front)
 
     def volume(ps: list[tuple[float, float]]) -> float:
         rows = [{"top1": top1, "ms": ms, "feasible": True} for top1, ms in ps]
